@@ -1,0 +1,76 @@
+"""The label update of one image (the E-step of Sec. 4.3): costs, sampling, painting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from boxsup.assign.costs import atom_loss_sums, overlap_cost, region_cost
+from boxsup.assign.paint import paint_labels
+from boxsup.assign.sampling import sample_lowest_k
+from boxsup.data.annotations import BACKGROUND
+from boxsup.proposals.pool import CandidatePool
+
+
+class EmptyPoolError(ValueError):
+    """The image has no candidate segment to assign."""
+
+
+@dataclass
+class BoxedPool:
+    """A candidate pool whose atoms are split by the image's GT boxes.
+
+    ``loss_labels`` lists the labels whose per-pixel losses the network must supply, background
+    first: ``loss_sums[:, j]`` sums e(p, loss_labels[j]) over each atom.
+    """
+
+    pool: CandidatePool
+    inside: np.ndarray  # (A, B) bool
+    boxes: np.ndarray  # (B, 4)
+    labels: np.ndarray  # (B,)
+    loss_labels: np.ndarray  # (K,), loss_labels[0] == BACKGROUND
+
+    @classmethod
+    def build(cls, pool: CandidatePool, boxes: np.ndarray, labels: np.ndarray) -> "BoxedPool":
+        if pool.n_candidates == 0:
+            raise EmptyPoolError("empty candidate pool")
+        refined, inside = pool.refined_by_boxes(boxes)
+        loss_labels = np.concatenate([[BACKGROUND], np.unique(labels)]).astype(np.int64)
+        return cls(refined, inside, np.asarray(boxes).reshape(-1, 4), np.asarray(labels), loss_labels)
+
+    def loss_sums(self, pixel_losses: np.ndarray) -> np.ndarray:
+        """Reduce per-pixel losses (num_classes, H, W) to per-atom sums (A, K) for ``loss_labels``."""
+        return atom_loss_sums(pixel_losses[self.loss_labels], self.pool.atoms, self.pool.n_atoms)
+
+
+@dataclass
+class Assignment:
+    """Result of one image's label update."""
+
+    label_map: np.ndarray  # (H, W) uint8
+    chosen: np.ndarray  # (B,) candidate index per box
+    chosen_cost: np.ndarray  # (B,) cost of the chosen candidate
+
+
+def assignment_costs(boxed: BoxedPool, loss_sums: np.ndarray | None, lam: float) -> np.ndarray:
+    """cost(S, B) = E_o + lam * E_r for all candidates and boxes, (C, B); E_o alone without losses."""
+    costs = overlap_cost(boxed.pool, boxed.boxes)
+    if loss_sums is not None and lam != 0:
+        columns = np.searchsorted(boxed.loss_labels, boxed.labels)
+        areas = np.prod(boxed.boxes[:, 2:] - boxed.boxes[:, :2], axis=1).astype(np.float64)
+        costs = costs + lam * region_cost(boxed.pool, boxed.inside, loss_sums, columns, areas)
+    return costs
+
+
+def assign_labels(
+    boxed: BoxedPool, loss_sums: np.ndarray | None, lam: float, k: int, rng: np.random.Generator
+) -> Assignment:
+    """Pick one candidate per box uniformly among its k lowest costs and paint the label map.
+
+    ``loss_sums`` is None in round 0 (no trained network yet): E_o alone decides.
+    """
+    costs = assignment_costs(boxed, loss_sums, lam)
+    chosen = sample_lowest_k(costs, k, rng)
+    label_map = paint_labels(boxed.pool, boxed.inside, chosen, boxed.labels)
+    return Assignment(label_map, chosen, costs[chosen, np.arange(len(chosen))])

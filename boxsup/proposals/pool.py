@@ -1,0 +1,161 @@
+"""CandidatePool: an image's fixed candidate segments, stored as unions of superpixels.
+
+A pool is a superpixel map (H x W ints, ids 0..A-1, called *atoms*) plus a sparse
+candidate-by-atom membership matrix (C x A, CSR, 0/1). Any per-candidate sum of a per-pixel
+quantity is one ``np.bincount`` over the atom map followed by one sparse matrix product, so no
+full-resolution mask per candidate is ever built. Arbitrary masks (GrabCut, rectangles) are put in
+this form by :meth:`CandidatePool.from_masks`: the atoms are the cells of the masks' overlay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def relabel_consecutive(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map arbitrary integer labels to 0..n-1; returns (new labels, the original value of each id)."""
+    values, inverse = np.unique(labels, return_inverse=True)
+    return inverse.reshape(labels.shape).astype(np.int32), values
+
+
+def atom_boxes(atoms: np.ndarray, n_atoms: int) -> np.ndarray:
+    """Tight box of every atom as (x0, y0, x1, y1), end-exclusive; empty atoms get (W, H, 0, 0)."""
+    h, w = atoms.shape
+    flat = atoms.ravel()
+    xs = np.tile(np.arange(w, dtype=np.int32), h)
+    ys = np.repeat(np.arange(h, dtype=np.int32), w)
+    boxes = np.empty((n_atoms, 4), dtype=np.int32)
+    boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3] = w, h, 0, 0
+    np.minimum.at(boxes[:, 0], flat, xs)
+    np.minimum.at(boxes[:, 1], flat, ys)
+    np.maximum.at(boxes[:, 2], flat, xs + 1)
+    np.maximum.at(boxes[:, 3], flat, ys + 1)
+    return boxes
+
+
+@dataclass
+class CandidatePool:
+    """Candidate segments of one image as unions of atoms (superpixels or overlay cells)."""
+
+    atoms: np.ndarray  # (H, W) int32, values 0..n_atoms-1
+    membership: sp.csr_matrix  # (n_candidates, n_atoms), entries 1 where the atom is in the candidate
+
+    def __post_init__(self) -> None:
+        self.atoms = np.ascontiguousarray(self.atoms, dtype=np.int32)
+        self.membership = sp.csr_matrix(self.membership, dtype=np.float32)
+        self.membership.sum_duplicates()
+        self.membership.data[:] = 1.0
+        if self.membership.shape[1] != self.n_atoms:
+            raise ValueError(
+                f"membership has {self.membership.shape[1]} atom columns, atom map has {self.n_atoms} ids"
+            )
+
+    # ---- sizes -------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.atoms.shape  # type: ignore[return-value]
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.atoms.max()) + 1 if self.atoms.size else 0
+
+    @property
+    def n_candidates(self) -> int:
+        return self.membership.shape[0]
+
+    # ---- per-candidate quantities ------------------------------------------------------------
+    def atom_areas(self) -> np.ndarray:
+        return np.bincount(self.atoms.ravel(), minlength=self.n_atoms).astype(np.float64)
+
+    def sum_over_candidates(self, atom_values: np.ndarray) -> np.ndarray:
+        """Per-candidate sums of per-atom values; ``atom_values`` is (A,) or (A, K)."""
+        return self.membership @ atom_values
+
+    def areas(self) -> np.ndarray:
+        """Pixel count of every candidate, shape (C,)."""
+        return self.sum_over_candidates(self.atom_areas())
+
+    def boxes(self) -> np.ndarray:
+        """Tight box (x0, y0, x1, y1), end-exclusive, of every candidate, shape (C, 4)."""
+        per_atom = atom_boxes(self.atoms, self.n_atoms)
+        m = self.membership
+        out = np.zeros((self.n_candidates, 4), dtype=np.int32)
+        nonempty = np.diff(m.indptr) > 0
+        if not nonempty.any():
+            return out
+        starts = m.indptr[:-1][nonempty]
+        member_boxes = per_atom[m.indices]
+        out[nonempty, 0] = np.minimum.reduceat(member_boxes[:, 0], starts)
+        out[nonempty, 1] = np.minimum.reduceat(member_boxes[:, 1], starts)
+        out[nonempty, 2] = np.maximum.reduceat(member_boxes[:, 2], starts)
+        out[nonempty, 3] = np.maximum.reduceat(member_boxes[:, 3], starts)
+        return out
+
+    def mask(self, index: int) -> np.ndarray:
+        """Full-resolution boolean mask of one candidate (for pictures and tests, not hot paths)."""
+        member = np.zeros(self.n_atoms, dtype=bool)
+        member[self.membership.indices[self.membership.indptr[index] : self.membership.indptr[index + 1]]] = True
+        return member[self.atoms]
+
+    # ---- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_masks(cls, masks: np.ndarray) -> "CandidatePool":
+        """Pool from a stack of boolean masks (C, H, W); the atoms are the cells of their overlay.
+
+        Empty masks are dropped; pixels covered by no mask form atoms of their own.
+        """
+        masks = np.asarray(masks, dtype=bool)
+        masks = masks[masks.reshape(len(masks), -1).any(axis=1)] if len(masks) else masks
+        n, h, w = masks.shape if masks.ndim == 3 else (0, *masks.shape[-2:])
+        if n == 0:
+            return cls(np.zeros((h, w), np.int32), sp.csr_matrix((0, 1), dtype=np.float32))
+        # Each pixel's membership signature is a row of bits; equal signatures form one atom.
+        packed = np.packbits(masks.reshape(n, -1), axis=0).T  # (H*W, ceil(n/8))
+        _, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
+        atoms = inverse.reshape(h, w).astype(np.int32)
+        atom_member = masks.reshape(n, -1)[:, first]  # (n, A): the signature of each atom
+        return cls(atoms, sp.csr_matrix(atom_member.astype(np.float32)))
+
+    def deduplicated(self) -> "CandidatePool":
+        """The same pool with repeated candidates (identical atom sets) removed, first kept."""
+        m = self.membership.tocsr()
+        m.sort_indices()
+        seen: set[bytes] = set()
+        keep = []
+        for i in range(m.shape[0]):
+            key = m.indices[m.indptr[i] : m.indptr[i + 1]].tobytes()
+            if key not in seen:
+                seen.add(key)
+                keep.append(i)
+        return CandidatePool(self.atoms, m[keep])
+
+    def refined_by_boxes(self, boxes: np.ndarray) -> tuple["CandidatePool", np.ndarray]:
+        """Split atoms so that each lies wholly inside or outside every box.
+
+        Returns the refined pool (same candidates, finer atoms) and a (n_atoms, n_boxes) boolean
+        matrix: whether each refined atom lies inside each box. With these atoms, sums restricted
+        to a box are exact per-atom sums.
+        """
+        h, w = self.shape
+        key = self.atoms.astype(np.int64)
+        for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.int64).reshape(-1, 4):
+            inside = np.zeros((h, w), dtype=np.int64)
+            inside[y0:y1, x0:x1] = 1
+            key, _ = relabel_consecutive(key * 2 + inside)
+            key = key.astype(np.int64)
+        _, first_pixel, inverse = np.unique(key.ravel(), return_index=True, return_inverse=True)
+        refined = inverse.reshape(h, w).astype(np.int32)
+        parent = self.atoms.ravel()[first_pixel]
+        # One pixel of each refined atom tells on which side of every box the whole atom lies.
+        px, py = first_pixel % w, first_pixel // w
+        b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+        inside_box = (
+            (px[:, None] >= b[None, :, 0])
+            & (py[:, None] >= b[None, :, 1])
+            & (px[:, None] < b[None, :, 2])
+            & (py[:, None] < b[None, :, 3])
+        )
+        return CandidatePool(refined, self.membership[:, parent]), inside_box

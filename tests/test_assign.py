@@ -1,0 +1,112 @@
+"""The label update against hand-computed costs and choices (Eq. 2-4, Sec. 4.3)."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from boxsup.assign import BoxedPool, assign_labels, assignment_costs, image_rng, sample_lowest_k
+from boxsup.assign.costs import box_iou
+from boxsup.proposals.pool import CandidatePool
+
+# 4x4 image, four 2x2 superpixels:   0 0 1 1 / 0 0 1 1 / 2 2 3 3 / 2 2 3 3
+ATOMS = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+# candidates: C0={0}, C1={0,1}, C2={0,1,2,3}, C3={3}, C4={1}
+MEMBERS = [[0], [0, 1], [0, 1, 2, 3], [3], [1]]
+
+
+def make_pool() -> CandidatePool:
+    m = np.zeros((len(MEMBERS), 4), np.float32)
+    for i, atoms in enumerate(MEMBERS):
+        m[i, atoms] = 1
+    return CandidatePool(ATOMS, sp.csr_matrix(m))
+
+
+def pixel_losses() -> np.ndarray:
+    """e(p, l) for labels (bg, 1): the network believes atom 0 is background and atom 1 object."""
+    losses = np.full((2, 4, 4), 1.0)
+    losses[0][ATOMS == 0], losses[1][ATOMS == 0] = 0.2, 3.0
+    losses[0][ATOMS == 1], losses[1][ATOMS == 1] = 3.0, 0.2
+    return losses
+
+
+def test_box_iou_hand_values():
+    iou = box_iou(np.array([[0, 0, 2, 2]]), np.array([[0, 0, 2, 2], [1, 1, 3, 3], [2, 2, 4, 4]]))
+    np.testing.assert_allclose(iou, [[1.0, 1 / 7, 0.0]])
+
+
+def test_costs_match_hand_computation():
+    boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
+    losses = boxed.loss_sums(pixel_losses())
+    # E_o = 1 - IoU(box, tight box of S): C0 .5, C1 0, C2 .5, C3 1, C4 .5
+    np.testing.assert_allclose(assignment_costs(boxed, None, 3.0)[:, 0], [0.5, 0.0, 0.5, 1.0, 0.5])
+    # E_r = mean over the 8 box pixels of e(p, l_S(p)):
+    # C0: 4*3.0 + 4*3.0 = 24 -> 3.0; C1, C2: 4*3.0 + 4*0.2 -> 1.6; C3: 4*0.2 + 4*3.0 -> 1.6; C4: 4*0.2 + 4*0.2 -> 0.2
+    expected = np.array([0.5, 0.0, 0.5, 1.0, 0.5]) + 3.0 * np.array([3.0, 1.6, 1.6, 1.6, 0.2])
+    np.testing.assert_allclose(assignment_costs(boxed, losses, 3.0)[:, 0], expected)
+
+
+def test_region_term_changes_the_choice():
+    boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
+    losses = boxed.loss_sums(pixel_losses())
+    rng = np.random.default_rng(0)
+    overlap_only = assign_labels(boxed, None, 3.0, 1, rng)
+    with_network = assign_labels(boxed, losses, 3.0, 1, rng)
+    assert overlap_only.chosen.tolist() == [1]  # best box fit
+    assert with_network.chosen.tolist() == [4]  # what the network calls object
+    expected = np.zeros((4, 4), np.uint8)
+    expected[0:2, 2:4] = 1
+    np.testing.assert_array_equal(with_network.label_map, expected)
+    np.testing.assert_allclose(with_network.chosen_cost, [0.5 + 3.0 * 0.2])
+
+
+def test_lambda_zero_ignores_the_network():
+    boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
+    result = assign_labels(boxed, boxed.loss_sums(pixel_losses()), 0.0, 1, np.random.default_rng(0))
+    assert result.chosen.tolist() == [1]
+
+
+def test_painting_clips_to_the_box():
+    # C2 covers the whole image, but only the pixels of its box may take the box's label.
+    boxed = BoxedPool.build(make_pool(), np.array([[1, 1, 3, 3]]), np.array([2]))
+    result = assign_labels(boxed, None, 0.0, 1, np.random.default_rng(0))
+    assert result.chosen.tolist() == [2]
+    expected = np.zeros((4, 4), np.uint8)
+    expected[1:3, 1:3] = 2
+    np.testing.assert_array_equal(result.label_map, expected)
+
+
+def test_smaller_segment_stays_on_top():
+    masks = np.zeros((2, 6, 6), bool)
+    masks[0, 0:6, 0:6] = True  # big object, box (0,0,6,6)
+    masks[1, 2:4, 2:4] = True  # small object in front, box (2,2,4,4)
+    pool = CandidatePool.from_masks(masks)
+    boxes, labels = np.array([[2, 2, 4, 4], [0, 0, 6, 6]]), np.array([3, 1])
+    result = assign_labels(BoxedPool.build(pool, boxes, labels), None, 0.0, 1, np.random.default_rng(0))
+    expected = np.ones((6, 6), np.uint8)
+    expected[2:4, 2:4] = 3
+    np.testing.assert_array_equal(result.label_map, expected)
+
+
+def test_sampling_obeys_k():
+    costs = np.array([[5.0], [1.0], [3.0], [2.0], [4.0], [0.5]])
+    lowest3 = {5, 1, 3}
+    picks = {int(sample_lowest_k(costs, 3, np.random.default_rng(s))[0]) for s in range(200)}
+    assert picks == lowest3
+    assert {int(sample_lowest_k(costs, 1, np.random.default_rng(s))[0]) for s in range(20)} == {5}
+    # k larger than the pool: any candidate can be drawn
+    assert {int(sample_lowest_k(costs, 50, np.random.default_rng(s))[0]) for s in range(300)} == set(range(6))
+
+
+def test_sampling_is_fixed_by_seed_round_and_image():
+    costs = np.random.default_rng(1).random((50, 8))
+    draw = lambda seed, r, image: sample_lowest_k(costs, 5, image_rng(seed, r, image)).tolist()  # noqa: E731
+    assert draw(0, 3, "a") == draw(0, 3, "a")
+    variants = {tuple(draw(0, 3, "a")), tuple(draw(1, 3, "a")), tuple(draw(0, 4, "a")), tuple(draw(0, 3, "b"))}
+    assert len(variants) == 4
+
+
+def test_sampling_rejects_bad_k_and_empty_pools():
+    with pytest.raises(ValueError):
+        sample_lowest_k(np.zeros((3, 1)), 0, np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        sample_lowest_k(np.zeros((0, 1)), 1, np.random.default_rng(0))
