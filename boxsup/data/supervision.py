@@ -1,0 +1,52 @@
+"""Which training images the algorithm may see masks for: ``data.supervision`` mask | box | semi."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from boxsup.data.annotations import ImageAnnotation, Supervision
+from boxsup.errors import BoxSupError
+
+
+def images_with_masks(ids: list[str], mode: str, seed: int, fraction: float = 0.1, mask_list: str | None = None) -> set[str]:
+    """The ids whose GT masks are used as training targets.
+
+    ``mask``: all; ``box``: none; ``semi``: the ids in ``mask_list`` if given, otherwise a
+    seeded random ``fraction`` of the split (the paper's VOC semi setting keeps 1,464 of 10,582).
+    """
+    if mode == "mask":
+        return set(ids)
+    if mode == "box":
+        return set()
+    if mode != "semi":
+        raise BoxSupError(f"config key data.supervision: unknown mode {mode!r} (mask, box or semi)")
+    if mask_list is not None:
+        path = Path(mask_list)
+        if not path.is_file():
+            raise BoxSupError(f"{path}: data.mask_list file not found")
+        listed = {line.split()[0] for line in path.read_text().splitlines() if line.strip()}
+        unknown = listed - set(ids)
+        if unknown:
+            raise BoxSupError(f"{path}: {len(unknown)} ids not in the training split, e.g. {sorted(unknown)[0]!r}")
+        return listed
+    if not 0.0 <= fraction <= 1.0:
+        raise BoxSupError(f"config key data.mask_fraction: must lie in [0, 1], got {fraction}")
+    order = np.random.default_rng(seed).permutation(sorted(ids))
+    return set(order[: int(round(fraction * len(ids)))].tolist())
+
+
+def apply_supervision(annotations: list[ImageAnnotation], masked: set[str]) -> list[str]:
+    """Set each annotation's supervision kind; returns ids that were asked for a mask but have none."""
+    missing = []
+    for ann in annotations:
+        if ann.image_id in masked:
+            if ann.has_mask:
+                ann.supervision = Supervision.MASK
+            else:
+                missing.append(ann.image_id)
+                ann.supervision = Supervision.BOX
+        else:
+            ann.supervision = Supervision.BOX
+    return missing

@@ -1,0 +1,81 @@
+"""Proposal methods by name, and filling a ProposalStore for a dataset split."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from boxsup.data.voc import VOCDataset
+from boxsup.errors import BoxSupError
+from boxsup.proposals.box_masks import grabcut, rectangles
+from boxsup.proposals.pool import CandidatePool
+from boxsup.proposals.store import ProposalStore
+
+log = logging.getLogger(__name__)
+
+METHODS = ("ss", "grabcut", "rectangles")
+
+
+def _selective_search(image: np.ndarray, boxes: np.ndarray, max_candidates: int, seed: int) -> CandidatePool:
+    from boxsup.proposals.selective_search import selective_search
+
+    return selective_search(image, mode="fast", max_candidates=max_candidates, seed=seed)
+
+
+def generator(method: str, max_candidates: int = 2000, seed: int = 0) -> Callable[[np.ndarray, np.ndarray], CandidatePool]:
+    """The function (image, boxes) -> CandidatePool for a method name."""
+    if method == "ss":
+        return lambda image, boxes: _selective_search(image, boxes, max_candidates, seed)
+    if method == "grabcut":
+        return lambda image, boxes: grabcut(image, boxes)
+    if method == "rectangles":
+        return lambda image, boxes: rectangles(image, boxes)
+    raise BoxSupError(f"proposals.method: unknown method {method!r} (choose from {', '.join(METHODS)})")
+
+
+@dataclass
+class BuildReport:
+    made: int = 0
+    reused: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+
+def build_store(
+    dataset: VOCDataset,
+    store: ProposalStore,
+    method: str,
+    max_candidates: int = 2000,
+    seed: int = 0,
+    progress: bool = True,
+) -> BuildReport:
+    """Make the candidate pool of every image of ``dataset`` that the store lacks.
+
+    Existing files are kept, so an interrupted build resumes. A store made by another method or
+    for another dataset is refused rather than mixed.
+    """
+    meta = {"method": method, "max_candidates": max_candidates, "seed": seed, "data_root": str(dataset.root.resolve())}
+    old = store.read_meta()
+    if old is not None and (old.get("method"), old.get("data_root")) != (method, meta["data_root"]):
+        raise BoxSupError(
+            f"{store.meta_path}: store holds {old.get('method')!r} proposals for {old.get('data_root')}, "
+            f"not {method!r} for {meta['data_root']}; choose another proposals.store"
+        )
+    store.write_meta(meta)
+    make = generator(method, max_candidates, seed)
+    report = BuildReport()
+    for image_id in tqdm(dataset.ids, desc=f"proposals[{method}]", disable=not progress, unit="img"):
+        if store.has(image_id):
+            report.reused += 1
+            continue
+        pool = make(dataset.image(image_id), dataset.annotation(image_id).boxes_array())
+        if pool.n_candidates == 0:
+            report.skipped["no candidate"] += 1
+            log.warning("%s: no candidate segment produced; the image will be skipped in label updates", image_id)
+        store.save(image_id, pool)
+        report.made += 1
+    return report
