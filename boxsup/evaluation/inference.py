@@ -1,0 +1,60 @@
+"""Test-time prediction: softmax probabilities averaged over image scales, optional dense CRF."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from boxsup.evaluation.crf import dense_crf
+from boxsup.models.fcn import normalize_image
+
+MULTI_SCALE = (0.8, 1.0, 1.2)
+
+
+def predict_probs(
+    model: nn.Module, image_uint8: np.ndarray, scales: Sequence[float] = (1.0,), device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """Class probabilities (C, H, W) for an RGB uint8 image (H, W, 3), averaged over ``scales``.
+
+    At each scale the image is resized, run through the model (which must already be on ``device``),
+    and its logits resized back to (H, W) before the softmax. Use :data:`MULTI_SCALE` for the
+    paper-style multi-scale test. The model runs in eval mode; its previous mode is restored.
+    """
+    height, width = image_uint8.shape[:2]
+    image = normalize_image(image_uint8).unsqueeze(0).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            probs = sum(_probs_at_scale(model, image, scale) for scale in scales) / len(scales)
+    finally:
+        model.train(was_training)
+    return probs[0].cpu().numpy().astype(np.float32)
+
+
+def predict_label_map(
+    model: nn.Module,
+    image: np.ndarray,
+    scales: Sequence[float] = (1.0,),
+    crf: bool = False,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Label map (H, W) uint8: argmax of :func:`predict_probs`, refined by :func:`dense_crf` if ``crf``."""
+    probs = predict_probs(model, image, scales, device)
+    if crf:
+        probs = dense_crf(image, probs)
+    return probs.argmax(axis=0).astype(np.uint8)
+
+
+def _probs_at_scale(model: nn.Module, image: torch.Tensor, scale: float) -> torch.Tensor:
+    size = image.shape[-2:]
+    scaled = image
+    if scale != 1.0:
+        scaled_size = [max(1, round(side * scale)) for side in size]
+        scaled = F.interpolate(image, size=scaled_size, mode="bilinear", align_corners=False)
+    logits = F.interpolate(model(scaled), size=size, mode="bilinear", align_corners=False)
+    return logits.softmax(dim=1)

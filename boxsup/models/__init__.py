@@ -1,0 +1,12 @@
+"""Segmentation networks."""
+
+from boxsup.models.fcn import (
+    BACKBONES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_model,
+    normalize_image,
+    parameter_groups,
+)
+
+__all__ = ["BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "build_model", "normalize_image", "parameter_groups"]

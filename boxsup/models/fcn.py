@@ -1,0 +1,229 @@
+"""Fully convolutional segmentation networks: DeepLab-LargeFOV on VGG-16 (the paper's) and a small CPU one.
+
+Every model takes images normalised with ImageNet mean/std, shape (N, 3, H, W), and returns
+logits (N, num_classes, H, W): the coarse score map is bilinearly upsampled to the input size.
+Each model names its final (new) 1x1 layer ``classifier``; :func:`parameter_groups` relies on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import VGG16_Weights, vgg16
+
+from boxsup.errors import BoxSupError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKBONES = ("vgg16_largefov", "small")
+
+# VGG-16 "D" convolutions per block; pooling layers sit between blocks exactly as in
+# torchvision's ``vgg16().features``, so the layer indices (and state-dict keys) match.
+_VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+def normalize_image(image_uint8_hwc: np.ndarray) -> torch.Tensor:
+    """Turn an RGB uint8 image (H, W, 3) into a float tensor (3, H, W) normalised with ImageNet mean/std."""
+    if image_uint8_hwc.dtype != np.uint8 or image_uint8_hwc.ndim != 3 or image_uint8_hwc.shape[2] != 3:
+        raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image_uint8_hwc.dtype} {image_uint8_hwc.shape}")
+    # A copy: decoded images are often read-only views, which torch.from_numpy warns about.
+    tensor = torch.from_numpy(np.array(image_uint8_hwc, order="C")).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (tensor - mean) / std
+
+
+class LargeFOV(nn.Module):
+    """DeepLab-LargeFOV: VGG-16 with pool4/pool5 at stride 1, conv5 dilation 2, fc6 3x3 dilation 12; stride 8."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.features = _vgg16_largefov_features()
+        self.fc6 = nn.Conv2d(512, 1024, kernel_size=3, padding=12, dilation=12)
+        self.fc7 = nn.Conv2d(1024, 1024, kernel_size=1)
+        self.dropout = nn.Dropout(0.5)
+        self.classifier = nn.Conv2d(1024, num_classes, kernel_size=1)
+        _init_weights(self)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.features(images)
+        x = self.dropout(F.relu(self.fc6(x), inplace=True))
+        x = self.dropout(F.relu(self.fc7(x), inplace=True))
+        return _upsample_to(self.classifier(x), images)
+
+
+class SmallFCN(nn.Module):
+    """A small conv-BN-ReLU FCN for CPU demos: output stride 4, dilations 2/4/8, receptive field 123 px."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn_relu(3, 32, stride=2),
+            _conv_bn_relu(32, 32),
+            _conv_bn_relu(32, 64, stride=2),
+            _conv_bn_relu(64, 64, dilation=2),
+            _conv_bn_relu(64, 96, dilation=4),
+            _conv_bn_relu(96, 96, dilation=8),
+        )
+        self.classifier = nn.Conv2d(96, num_classes, kernel_size=1)
+        _init_weights(self)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return _upsample_to(self.classifier(self.features(images)), images)
+
+
+def build_model(backbone: str, num_classes: int, weights: str = "none") -> nn.Module:
+    """Build a segmentation FCN.
+
+    ``backbone``: "vgg16_largefov" or "small". ``weights``: "none" (Kaiming init), "imagenet"
+    (torchvision VGG16_Weights.IMAGENET1K_V1; vgg16_largefov only), or a path to a local state dict:
+    a torchvision VGG-16 one or one of this very model (a checkpoint dict with a "model" or
+    "state_dict" entry is accepted too).
+    """
+    if backbone not in BACKBONES:
+        raise BoxSupError(f"model.backbone: unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+    if num_classes < 1:
+        raise BoxSupError(f"model.num_classes: must be at least 1, got {num_classes}")
+    model = LargeFOV(num_classes) if backbone == "vgg16_largefov" else SmallFCN(num_classes)
+    if weights == "imagenet":
+        if backbone != "vgg16_largefov":
+            raise BoxSupError(f"model.weights: no ImageNet weights exist for backbone {backbone!r}; use none or a local file")
+        _copy_vgg16(model, _fetch_imagenet_vgg16(), source="torchvision IMAGENET1K_V1")
+    elif weights != "none":
+        _load_local(model, Path(weights))
+    return model
+
+
+def parameter_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
+    """SGD parameter groups with DeepLab's learning-rate multipliers.
+
+    The new ``classifier`` layer learns at 10x ``lr``, every other layer at 1x; biases (and other
+    1-D parameters such as BatchNorm's) at twice their layer's rate. Empty groups are left out.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            key = (name.startswith("classifier."), param.ndim == 1)
+            groups.setdefault(key, []).append(param)
+    return [
+        {"params": params, "lr": lr * (10.0 if is_head else 1.0) * (2.0 if is_bias else 1.0)}
+        for (is_head, is_bias), params in sorted(groups.items())
+    ]
+
+
+def _vgg16_largefov_features() -> nn.Sequential:
+    """VGG-16 convolutions with DeepLab's 3x3 pooling: stride 2 after blocks 1-3, stride 1 after 4-5."""
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for block, widths in enumerate(_VGG16_BLOCKS):
+        dilation = 2 if block == 4 else 1
+        for width in widths:
+            layers += [nn.Conv2d(in_channels, width, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]
+            in_channels = width
+        layers.append(nn.MaxPool2d(3, stride=2 if block < 3 else 1, padding=1))
+    return nn.Sequential(*layers)
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+def _upsample_to(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _init_weights(model: nn.Module) -> None:
+    """Kaiming-normal convolutions with zero biases; the classifier gets N(0, 0.01) as in DeepLab."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    nn.init.normal_(model.classifier.weight, std=0.01)
+    nn.init.zeros_(model.classifier.bias)
+
+
+def _fetch_imagenet_vgg16() -> dict[str, torch.Tensor]:
+    try:
+        return vgg16(weights=VGG16_Weights.IMAGENET1K_V1).state_dict()
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad download raises RuntimeError
+        raise BoxSupError(
+            f"model.weights: the ImageNet VGG-16 weights could not be fetched ({_first_line(exc)}); "
+            "set model.weights to none or to a local file"
+        ) from exc
+
+
+def _load_local(model: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise BoxSupError(f"model.weights: weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise BoxSupError(
+            f"model.weights: cannot read weights file {path} ({type(exc).__name__}); expected a state dict saved by torch.save"
+        ) from exc
+    state = _unwrap_checkpoint(state, path)
+    if isinstance(model, LargeFOV) and "features.0.weight" in state and "fc6.weight" not in state:
+        _copy_vgg16(model, state, source=str(path))
+    else:
+        _load_own(model, state, path)
+
+
+def _unwrap_checkpoint(state: Any, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BoxSupError(f"model.weights: {path} does not hold a state dict")
+    return state
+
+
+def _load_own(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load a state dict of this very model; a classifier for another class count stays re-initialised."""
+    own = model.state_dict()
+    odd_keys = sorted(set(own) ^ set(state))
+    if odd_keys:
+        raise BoxSupError(
+            f"model.weights: {path} does not fit this model: {len(odd_keys)} missing or unexpected keys, e.g. {odd_keys[0]}"
+        )
+    resized = [k for k in own if state[k].shape != own[k].shape]
+    backbone = [k for k in resized if not k.startswith("classifier.")]
+    if backbone:
+        key = backbone[0]
+        raise BoxSupError(
+            f"model.weights: {path} does not fit this model: {key} has shape {tuple(state[key].shape)}, "
+            f"expected {tuple(own[key].shape)}"
+        )
+    if resized:
+        log.warning("%s: the classifier is for another number of classes; it stays randomly initialised", path)
+    model.load_state_dict({k: v for k, v in state.items() if k not in resized}, strict=not resized)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _copy_vgg16(model: LargeFOV, vgg: dict[str, torch.Tensor], source: str) -> None:
+    """Copy VGG-16 convolutions into the backbone; fc6/fc7 are decimated from fc layers as in DeepLab."""
+    convs = {k: v for k, v in vgg.items() if k.startswith("features.")}
+    try:
+        model.features.load_state_dict({k.removeprefix("features."): v for k, v in convs.items()})
+    except RuntimeError as exc:
+        raise BoxSupError(f"model.weights: {source} is not a VGG-16 state dict") from exc
+    fc_shapes = [tuple(vgg[k].shape) if k in vgg else None for k in ("classifier.0.weight", "classifier.3.weight")]
+    if fc_shapes == [(4096, 512 * 7 * 7), (4096, 4096)]:
+        with torch.no_grad():
+            fc6 = vgg["classifier.0.weight"].view(4096, 512, 7, 7)[::4, :, ::3, ::3]
+            model.fc6.weight.copy_(fc6)
+            model.fc6.bias.copy_(vgg["classifier.0.bias"][::4])
+            model.fc7.weight.copy_(vgg["classifier.3.weight"][::4, ::4].reshape(1024, 1024, 1, 1))
+            model.fc7.bias.copy_(vgg["classifier.3.bias"][::4])
