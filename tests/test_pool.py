@@ -46,3 +46,17 @@ def test_refinement_splits_atoms_at_box_edges():
         np.testing.assert_array_equal(inside[:, b][refined.atoms], box_mask)
     for i in range(pool.n_candidates):  # the candidates themselves are unchanged
         np.testing.assert_array_equal(refined.mask(i), pool.mask(i))
+
+
+def test_mask_iou_and_best_candidate():
+    from boxsup.proposals.quality import best_ious, mask_ious
+
+    masks = np.zeros((3, 4, 4), bool)
+    masks[0, :2, :2] = True  # 4 px
+    masks[1, :2, :] = True  # 8 px
+    masks[2] = True  # 16 px
+    pool = CandidatePool.from_masks(masks)
+    target = np.zeros((4, 4), bool)
+    target[:2, :3] = True  # 6 px
+    np.testing.assert_allclose(mask_ious(pool, target), [4 / 6, 6 / 8, 6 / 16])
+    np.testing.assert_allclose(best_ious(pool, [target, masks[2]]), [0.75, 1.0])
