@@ -180,7 +180,7 @@ def run_boxsup(cfg: dict[str, Any], progress: bool = True) -> RunResult:
                 metrics.update(val_miou=scores.miou, val_pixel_accuracy=scores.pixel_accuracy)
             tracker.log_metrics(metrics, step=epoch)
             save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, scheduler, epoch, cfg, classes)
-            log.info("epoch %d: loss %.4f %s", epoch, loss, f"val mIoU {metrics.get('val_miou', float('nan')):.4f}")
+            log.info("epoch %d: loss %.4f%s", epoch, loss, f", val mIoU {metrics['val_miou']:.4f}" if "val_miou" in metrics else "")
 
         names = ["background", *classes]
         result.val_miou, result.val_pixel_accuracy = scores.miou, scores.pixel_accuracy
