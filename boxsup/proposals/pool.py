@@ -25,14 +25,17 @@ def atom_boxes(atoms: np.ndarray, n_atoms: int) -> np.ndarray:
     """Tight box of every atom as (x0, y0, x1, y1), end-exclusive; empty atoms get (W, H, 0, 0)."""
     h, w = atoms.shape
     flat = atoms.ravel()
-    xs = np.tile(np.arange(w, dtype=np.int32), h)
-    ys = np.repeat(np.arange(h, dtype=np.int32), w)
+    order = np.argsort(flat, kind="stable")  # pixels grouped by atom, in raster order within each
+    counts = np.bincount(flat, minlength=n_atoms)
+    present = counts > 0
+    starts = (np.cumsum(counts) - counts)[present]
+    xs, ys = order % w, order // w
     boxes = np.empty((n_atoms, 4), dtype=np.int32)
-    boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3] = w, h, 0, 0
-    np.minimum.at(boxes[:, 0], flat, xs)
-    np.minimum.at(boxes[:, 1], flat, ys)
-    np.maximum.at(boxes[:, 2], flat, xs + 1)
-    np.maximum.at(boxes[:, 3], flat, ys + 1)
+    boxes[:] = (w, h, 0, 0)
+    boxes[present, 0] = np.minimum.reduceat(xs, starts)
+    boxes[present, 1] = ys[starts]  # raster order: the first pixel has the smallest row
+    boxes[present, 2] = np.maximum.reduceat(xs, starts) + 1
+    boxes[present, 3] = np.maximum.reduceat(ys, starts) + 1
     return boxes
 
 
@@ -45,8 +48,10 @@ class CandidatePool:
 
     def __post_init__(self) -> None:
         self.atoms = np.ascontiguousarray(self.atoms, dtype=np.int32)
-        self.membership = sp.csr_matrix(self.membership, dtype=np.float32)
+        self._n_atoms = int(self.atoms.max()) + 1 if self.atoms.size else 0
+        self.membership = sp.csr_matrix(self.membership, dtype=np.float32, copy=True)
         self.membership.sum_duplicates()
+        self.membership.eliminate_zeros()
         self.membership.data[:] = 1.0
         if self.membership.shape[1] != self.n_atoms:
             raise ValueError(
@@ -60,7 +65,7 @@ class CandidatePool:
 
     @property
     def n_atoms(self) -> int:
-        return int(self.atoms.max()) + 1 if self.atoms.size else 0
+        return self._n_atoms
 
     @property
     def n_candidates(self) -> int:
