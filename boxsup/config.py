@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
         "lam": 3.0,
         "k": 5,
         "update": True,  # false: labels of round 0 stay fixed (the rectangles / GrabCut baselines)
+        "pixel_cost": "error",  # e(p, l) in E_r: error = 1 - P(l|p) (bounded), xent = -log P(l|p)
+        "warmup_epochs": 1,  # epochs trained on round 0's labels (E_o alone) before the network is asked
     },
     "model": {
         "backbone": "vgg16_largefov",  # vgg16_largefov | small
@@ -71,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.supervision": ("mask", "box", "semi"),
     "proposals.method": ("ss", "grabcut", "rectangles"),
+    "assign.pixel_cost": ("error", "xent"),
     "model.backbone": ("vgg16_largefov", "small"),
     "train.device": ("auto", "cpu", "cuda"),
 }
@@ -83,7 +86,7 @@ NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "tracking.run_name": (str,),
 }
 
-POSITIVE = ("train.epochs", "train.batch_size", "train.lr", "train.lr_step", "assign.k", "data.crop_size",
+POSITIVE = ("assign.warmup_epochs", "train.epochs", "train.batch_size", "train.lr", "train.lr_step", "assign.k", "data.crop_size",
             "proposals.max_candidates", "eval.every")  # fmt: skip
 
 

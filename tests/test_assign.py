@@ -39,10 +39,24 @@ def test_costs_match_hand_computation():
     losses = boxed.loss_sums(pixel_losses())
     # E_o = 1 - IoU(box, tight box of S): C0 .5, C1 0, C2 .5, C3 1, C4 .5
     np.testing.assert_allclose(assignment_costs(boxed, None, 3.0)[:, 0], [0.5, 0.0, 0.5, 1.0, 0.5])
-    # E_r = mean over the 8 box pixels of e(p, l_S(p)):
-    # C0: 4*3.0 + 4*3.0 = 24 -> 3.0; C1, C2: 4*3.0 + 4*0.2 -> 1.6; C3: 4*0.2 + 4*3.0 -> 1.6; C4: 4*0.2 + 4*0.2 -> 0.2
-    expected = np.array([0.5, 0.0, 0.5, 1.0, 0.5]) + 3.0 * np.array([3.0, 1.6, 1.6, 1.6, 0.2])
+    # E_r = 1/2 [mean of e(p, 1) over S in B + mean of e(p, bg) over the rest of B]:
+    # C0: (3.0 + 3.0) / 2 = 3.0; C1, C2: S covers B: (4*3.0 + 4*0.2) / 8 / 2 = 0.8;
+    # C3 misses the box: inf; C4: (0.2 + 0.2) / 2 = 0.2
+    expected = np.array([0.5, 0.0, 0.5, 1.0, 0.5]) + 3.0 * np.array([3.0, 0.8, 0.8, np.inf, 0.2])
     np.testing.assert_allclose(assignment_costs(boxed, losses, 3.0)[:, 0], expected)
+
+
+def test_region_term_has_no_size_bias():
+    """A network that calls everything background must not make the smallest segment cheapest."""
+    masks = np.zeros((3, 8, 8), bool)
+    masks[0, 0:8, 0:8] = True  # the whole box
+    masks[1, 2:6, 2:6] = True  # the object
+    masks[2, 3:4, 3:4] = True  # a speck
+    boxed = BoxedPool.build(CandidatePool.from_masks(masks), np.array([[0, 0, 8, 8]]), np.array([1]))
+    losses = np.stack([np.full((8, 8), 0.05), np.full((8, 8), 3.0)])  # background everywhere
+    region = (assignment_costs(boxed, boxed.loss_sums(losses), 1.0) - assignment_costs(boxed, None, 1.0))[:, 0]
+    np.testing.assert_allclose(region[1], region[2])  # object and speck cost the same E_r
+    assert region[0] < region[1]  # covering the box leaves no background term
 
 
 def test_region_term_changes_the_choice():
@@ -57,6 +71,13 @@ def test_region_term_changes_the_choice():
     expected[0:2, 2:4] = 1
     np.testing.assert_array_equal(with_network.label_map, expected)
     np.testing.assert_allclose(with_network.chosen_cost, [0.5 + 3.0 * 0.2])
+
+
+def test_candidates_missing_the_box_are_drawn_last():
+    costs = np.array([[np.inf], [1.0], [np.inf], [2.0]])
+    picks = {int(sample_lowest_k(costs, 5, np.random.default_rng(s))[0]) for s in range(100)}
+    assert picks == {1, 3}
+    assert sample_lowest_k(np.full((3, 1), np.inf), 2, np.random.default_rng(0))[0] == 0
 
 
 def test_lambda_zero_ignores_the_network():

@@ -30,6 +30,7 @@ class BoxedPool:
     boxes: np.ndarray  # (B, 4)
     labels: np.ndarray  # (B,)
     loss_labels: np.ndarray  # (K,), loss_labels[0] == BACKGROUND
+    overlap: np.ndarray  # (C, B) E_o, fixed for the whole run
 
     @classmethod
     def build(cls, pool: CandidatePool, boxes: np.ndarray, labels: np.ndarray) -> "BoxedPool":
@@ -37,7 +38,8 @@ class BoxedPool:
             raise EmptyPoolError("empty candidate pool")
         refined, inside = pool.refined_by_boxes(boxes)
         loss_labels = np.concatenate([[BACKGROUND], np.unique(labels)]).astype(np.int64)
-        return cls(refined, inside, np.asarray(boxes).reshape(-1, 4), np.asarray(labels), loss_labels)
+        boxes = np.asarray(boxes).reshape(-1, 4)
+        return cls(refined, inside, boxes, np.asarray(labels), loss_labels, overlap_cost(pool, boxes))
 
     def loss_sums(self, pixel_losses: np.ndarray) -> np.ndarray:
         """Reduce per-pixel losses (num_classes, H, W) to per-atom sums (A, K) for ``loss_labels``."""
@@ -55,7 +57,7 @@ class Assignment:
 
 def assignment_costs(boxed: BoxedPool, loss_sums: np.ndarray | None, lam: float) -> np.ndarray:
     """cost(S, B) = E_o + lam * E_r for all candidates and boxes, (C, B); E_o alone without losses."""
-    costs = overlap_cost(boxed.pool, boxed.boxes)
+    costs = boxed.overlap
     if loss_sums is not None and lam != 0:
         columns = np.searchsorted(boxed.loss_labels, boxed.labels)
         areas = np.prod(boxed.boxes[:, 2:] - boxed.boxes[:, :2], axis=1).astype(np.float64)

@@ -2,19 +2,27 @@
 
 For a box B with class l_B and a candidate S:
 
-    E_o(S, B) = 1 - IoU(B, box(S))                       box(S): the tight box of S
-    E_r(S, B) = 1/|B| * sum_{p in B} e(p, l_S(p)),        l_S(p) = l_B if p in S, else background
+    E_o(S, B) = 1 - IoU(B, box(S))                                  box(S): the tight box of S
+    E_r(S, B) = 1/2 * [ mean_{p in S & B} e(p, l_B) + mean_{p in B - S} e(p, background) ]
     cost(S, B) = E_o(S, B) + lambda * E_r(S, B)
 
-where e(p, l) = -log softmax(X_theta(p))_l is the network's per-pixel cross-entropy. Eq. 2 divides
-E_o by the number of candidates N, a constant within an image; we drop it and take the mean of E_r
-over the box's pixels instead of the paper's sum, so both terms lie in [0, ~1] and lambda keeps the
-meaning of a relative weight whatever the image and box size. Only pixels inside B count: the
-label map the assignment paints for B never reaches outside B (see ``paint``).
+E_r is the network's disagreement with the label map that S induces inside B (l_B on S,
+background on the rest of the box), averaged separately over the two regions. e(p, l) is the
+per-pixel cost the label update receives: by default 1 - P(l | p) (``assign.pixel_cost: error``),
+bounded like E_o, or the training loss -log P(l | p) (``xent``). Choices, each measured on the
+demo data (docs/benchmarks.md):
 
-With atoms split by the boxes (``CandidatePool.refined_by_boxes``), the sum over p in B is exact
-per atom:  |B| * E_r = sum_{a in B} L[a, bg] + sum_{a in B and S} (L[a, l_B] - L[a, bg]),
-where L[a, l] is the sum of e(p, l) over the pixels of atom a: one sparse product for all (S, B).
+- Eq. 3's sum over pixels (or a plain mean over B) rewards small segments whenever the network
+  leans to background, which a young network does: the label maps collapsed to background within
+  a few rounds. The two-region mean has no size bias.
+- With -log P, a few confident mistakes of a young network outweigh the box fit at lambda = 3;
+  with 1 - P both terms lie in [0, 1] and lambda is a true relative weight.
+- Eq. 2's 1/N is constant within an image and dropped.
+- A candidate with no pixel in B cannot be B's object (E_r = inf); when S covers all of B the
+  background mean is 0.
+
+With atoms split by the boxes (``CandidatePool.refined_by_boxes``), every sum over "p in S & B" is
+a per-atom sum restricted to B's atoms followed by one sparse product over all (S, B) pairs.
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ def region_cost(
     box_areas: np.ndarray,
     background_column: int = 0,
 ) -> np.ndarray:
-    """E_r for every (candidate, box), shape (C, B).
+    """E_r for every (candidate, box), shape (C, B); inf where the candidate misses the box.
 
     ``pool`` must be refined by the boxes; ``inside`` (A, B) says which atoms lie in which box;
     ``loss_sums`` (A, K) are per-atom loss sums; ``box_columns`` (B,) picks each box's class column
@@ -72,6 +80,13 @@ def region_cost(
     """
     inside = inside.astype(np.float64)
     bg = loss_sums[:, background_column]
-    all_background = inside.T @ bg  # (B,): every pixel of B labelled background
-    gain = (loss_sums[:, box_columns] - bg[:, None]) * inside  # (A, B): relabel atom a as l_B
-    return (all_background[None, :] + np.asarray(pool.sum_over_candidates(gain))) / box_areas[None, :]
+    per_atom = np.concatenate(
+        [loss_sums[:, box_columns] * inside, bg[:, None] * inside, pool.atom_areas()[:, None] * inside], axis=1
+    )
+    fg_in_s, bg_in_s, area_in_s = np.split(np.asarray(pool.sum_over_candidates(per_atom)), 3, axis=1)  # (C, B) each
+    bg_rest = (inside.T @ bg)[None, :] - bg_in_s
+    area_rest = box_areas[None, :] - area_in_s
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fg_mean = np.where(area_in_s > 0, fg_in_s / area_in_s, np.inf)
+        bg_mean = np.where(area_rest > 0, bg_rest / np.maximum(area_rest, 1), 0.0)
+    return 0.5 * (fg_mean + bg_mean)

@@ -20,14 +20,15 @@ def sample_lowest_k(costs: np.ndarray, k: int, rng: np.random.Generator) -> np.n
     """For each column (box) of ``costs`` (C, B), a row index drawn uniformly among the k lowest.
 
     Ties are broken by candidate order (stable sort), so the k-set is well defined; k=1 is the
-    greedy "without sampling" variant. Returns (B,) int indices.
+    greedy "without sampling" variant. Infinite costs (ineligible candidates) are drawn only
+    when a box has no finite one. Returns (B,) int indices.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     n_candidates, n_boxes = costs.shape
     if n_candidates == 0:
         raise ValueError("no candidates to choose from")
-    k = min(k, n_candidates)
-    order = np.argsort(costs, axis=0, kind="stable")[:k]  # (k, B)
-    picks = rng.integers(0, k, size=n_boxes)
+    order = np.argsort(costs, axis=0, kind="stable")[: min(k, n_candidates)]  # (k, B)
+    eligible = np.clip(np.isfinite(costs).sum(axis=0), 1, order.shape[0])  # per-box k
+    picks = np.floor(rng.random(n_boxes) * eligible).astype(np.int64)
     return order[picks, np.arange(n_boxes)]

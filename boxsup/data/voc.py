@@ -7,6 +7,7 @@ background, 255 is void).
 
 from __future__ import annotations
 
+import functools
 import logging
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -29,6 +30,7 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 
+@functools.cache
 def voc_palette() -> list[int]:
     """The standard VOC colour map (256 RGB triples, flattened) used by SegmentationClass PNGs."""
     palette = []

@@ -34,9 +34,14 @@ def train_one_epoch(
     return total / max(count, 1)
 
 
-def pixel_losses(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
-    """e(p, l) = -log softmax(X(p))_l for every class and pixel, (num_classes, H, W) float32."""
+def pixel_costs(model: torch.nn.Module, image: np.ndarray, device: torch.device, kind: str = "error") -> np.ndarray:
+    """e(p, l) for every class and pixel, (num_classes, H, W) float32, as the label update uses it.
+
+    ``kind`` "error": 1 - P(l | p), the expected 0-1 error of labelling p with l, bounded in [0, 1];
+    "xent": -log P(l | p), the training loss itself, unbounded.
+    """
     model.eval()
     with torch.no_grad():
-        logits = model(normalize_image(image)[None].to(device))
-        return (-F.log_softmax(logits.float(), dim=1))[0].cpu().numpy()
+        log_probs = F.log_softmax(model(normalize_image(image)[None].to(device)).float(), dim=1)[0]
+        costs = -log_probs if kind == "xent" else 1.0 - log_probs.exp()
+        return costs.cpu().numpy()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +16,7 @@ from boxsup.data.label_store import LabelStore
 from boxsup.data.voc import VOCDataset
 from boxsup.evaluation.metrics import ConfusionMatrix
 from boxsup.proposals.store import ProposalStore
-from boxsup.trainers.epoch import pixel_losses
+from boxsup.trainers.epoch import pixel_costs
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +44,40 @@ class RoundStats:
         return self.confusion.compute().miou
 
 
+class BoxedPoolCache:
+    """Each image's box-refined candidate pool, built once from the proposal store and kept.
+
+    Pools and their E_o never change during a run, so later rounds only pay for E_r. At most
+    ``capacity`` images are kept (least recently used dropped) to bound memory on large datasets.
+    """
+
+    def __init__(self, store: ProposalStore, capacity: int = 4096):
+        self.store = store
+        self.capacity = capacity
+        self._pools: OrderedDict[str, BoxedPool] = OrderedDict()
+
+    def get(self, ann: ImageAnnotation) -> BoxedPool:
+        pool = self._pools.pop(ann.image_id, None)
+        if pool is None:
+            pool = BoxedPool.build(self.store.load(ann.image_id), ann.boxes_array(), ann.labels_array())
+        self._pools[ann.image_id] = pool
+        if len(self._pools) > self.capacity:
+            self._pools.popitem(last=False)
+        return pool
+
+
 def update_labels(
     round_index: int,
     annotations: list[ImageAnnotation],
     dataset: VOCDataset,
-    proposals: ProposalStore,
+    pools: BoxedPoolCache,
     labels: LabelStore,
     model: torch.nn.Module | None,
     lam: float,
     k: int,
     seed: int,
     device: torch.device,
+    pixel_cost: str = "error",
     progress: bool = True,
 ) -> RoundStats:
     """Assign a candidate to every box of every box-supervised image and write the label maps.
@@ -72,12 +95,13 @@ def update_labels(
             log.warning("%s: no valid box; skipped in round %d", ann.image_id, round_index)
             continue
         try:
-            boxed = BoxedPool.build(proposals.load(ann.image_id), ann.boxes_array(), ann.labels_array())
+            boxed = pools.get(ann)
         except EmptyPoolError:
             stats.skipped["empty candidate pool"] += 1
             log.warning("%s: empty candidate pool; skipped in round %d", ann.image_id, round_index)
             continue
-        loss_sums = boxed.loss_sums(pixel_losses(model, dataset.image(ann.image_id), device)) if use_network else None
+        costs = pixel_costs(model, dataset.image(ann.image_id), device, pixel_cost) if use_network else None
+        loss_sums = boxed.loss_sums(costs) if costs is not None else None
         result = assign_labels(boxed, loss_sums, lam, k, image_rng(seed, round_index, ann.image_id))
         labels.write(round_index, ann.image_id, result.label_map)
         stats.images_done += 1

@@ -32,7 +32,7 @@ from boxsup.proposals.generate import build_store
 from boxsup.proposals.store import ProposalStore
 from boxsup.evaluation.evaluate import evaluate
 from boxsup.trainers.epoch import train_one_epoch
-from boxsup.trainers.label_update import RoundStats, update_labels
+from boxsup.trainers.label_update import BoxedPoolCache, RoundStats, update_labels
 from boxsup.trainers.training_set import TrainingSet
 from boxsup.utils.files import atomic_path, write_text_atomic
 
@@ -126,7 +126,7 @@ def run_boxsup(cfg: dict[str, Any], progress: bool = True) -> RunResult:
     val_data = VOCDataset(cfg["data"]["root"], cfg["data"]["val_split"], classes)
     annotations = load_training_annotations(cfg, train_data)
     box_images = [a for a in annotations if a.supervision == Supervision.BOX]
-    proposals = ensure_proposals(cfg, train_data, progress) if box_images else None
+    pools = BoxedPoolCache(ensure_proposals(cfg, train_data, progress)) if box_images else None
     model = build_model(cfg["model"]["backbone"], train_data.num_classes, cfg["model"]["weights"]).to(device)
     t = cfg["train"]
     optimizer = torch.optim.SGD(parameter_groups(model, t["lr"]), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
@@ -148,10 +148,12 @@ def run_boxsup(cfg: dict[str, Any], progress: bool = True) -> RunResult:
         tracker.log_artifact(run_dir / "config.yaml")
         stats: RoundStats | None = None
         for epoch in range(t["epochs"]):
-            if box_images and (epoch == 0 or cfg["assign"]["update"]):
+            warm = epoch >= cfg["assign"]["warmup_epochs"]
+            if box_images and (epoch == 0 or (cfg["assign"]["update"] and warm)):
                 started = time.perf_counter()
-                stats = update_labels(epoch, annotations, train_data, proposals, labels, model if epoch else None,
-                                      cfg["assign"]["lam"], cfg["assign"]["k"], seed, device, progress)
+                stats = update_labels(epoch, annotations, train_data, pools, labels, model if epoch else None,
+                                      cfg["assign"]["lam"], cfg["assign"]["k"], seed, device,
+                                      cfg["assign"]["pixel_cost"], progress)
                 seconds = time.perf_counter() - started
                 result.label_update_seconds += seconds
                 rounds_done.append(epoch)
