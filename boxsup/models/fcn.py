@@ -67,13 +67,14 @@ class SmallFCN(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             _conv_bn_relu(3, 32, stride=2),
-            _conv_bn_relu(32, 32),
-            _conv_bn_relu(32, 64, stride=2),
-            _conv_bn_relu(64, 64, dilation=2),
-            _conv_bn_relu(64, 96, dilation=4),
-            _conv_bn_relu(96, 96, dilation=8),
+            _conv_bn_relu(32, 48),
+            _conv_bn_relu(48, 64, stride=2),
+            _conv_bn_relu(64, 96),
+            _conv_bn_relu(96, 128, dilation=2),
+            _conv_bn_relu(128, 128, dilation=4),
+            _conv_bn_relu(128, 128, dilation=8),
         )
-        self.classifier = nn.Conv2d(96, num_classes, kernel_size=1)
+        self.classifier = nn.Conv2d(128, num_classes, kernel_size=1)
         _init_weights(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,28 @@
+# `make demo` and `make test` each create or refresh .venv on a fresh machine, then run.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# pip prints one line per package for this machine's local wheel folders; they are noise.
+QUIET_PIP := grep -v '^WARNING: Location' || true
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q -e '.[test]' 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import torch, torchvision, ray, mlflow, cv2, pydensecrf.densecrf, skimage, pycocotools"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/boxsup demo --config configs/demo.yaml --data demo_data
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf runs demo_data mlflow.db

@@ -1,0 +1,124 @@
+"""The ``boxsup`` command: data, proposals, train, eval, demo.
+
+A user's mistake (``BoxSupError``) prints one line and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from boxsup.errors import BoxSupError
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from boxsup.data.synth import generate_dataset
+
+    summary = generate_dataset(args.out, n_images=args.images, size=args.size, seed=args.seed)
+    print(f"wrote {args.out}: {summary}")
+
+
+def _cmd_proposals(args: argparse.Namespace) -> None:
+    from boxsup.config import resolve_classes
+    from boxsup.data.voc import VOCDataset
+    from boxsup.proposals.generate import build_store
+    from boxsup.proposals.store import ProposalStore
+
+    classes = resolve_classes({"data": {"classes": args.classes, "root": args.data}})
+    dataset = VOCDataset(args.data, args.split, classes)
+    report = build_store(dataset, ProposalStore(args.out), args.method, args.max_candidates, args.seed)
+    skipped = ", ".join(f"{n} {why}" for why, n in report.skipped.items()) or "none"
+    print(f"{args.out}: {report.made} made, {report.reused} already there, skipped: {skipped}")
+    if dataset.skips.counts:
+        print("annotation problems: " + ", ".join(f"{n} x {why}" for why, n in dataset.skips.counts.items()))
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from boxsup.config import load_config
+    from boxsup.trainers.run import run_boxsup
+
+    cfg = load_config(args.config, args.set)
+    result = run_boxsup(cfg)
+    rounds = " ".join(f"{v:.3f}" for v in result.pseudo_miou) or "-"
+    print(f"run {result.run_id} ({result.run_dir}): val mIoU {result.val_miou:.4f}, "
+          f"pixel accuracy {result.val_pixel_accuracy:.4f}; pseudo-label mIoU by round: {rounds}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from boxsup.evaluation.evaluate import evaluate_checkpoint
+
+    scores, names = evaluate_checkpoint(args.checkpoint, args.data, args.split, tuple(args.scales), args.crf)
+    print(f"mIoU {scores.miou:.4f}  pixel accuracy {scores.pixel_accuracy:.4f}")
+    for name, iou in zip(names, scores.class_iou):
+        print(f"  {name:<16} {iou:.4f}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from boxsup.demo import run_demo
+
+    run_demo(args.config, Path(args.data), args.set)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="boxsup", description="BoxSup: segmentation networks trained from boxes")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write the synthetic demo dataset in the VOC layout")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--images", type=int, default=240)
+    synth.add_argument("--size", type=int, default=128)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_cmd_synth)
+
+    prop = sub.add_parser("proposals", help="fill a proposal store for a dataset split")
+    prop.add_argument("--data", required=True, help="dataset root (VOC layout)")
+    prop.add_argument("--split", default="train")
+    prop.add_argument("--method", choices=("ss", "grabcut", "rectangles"), default="ss")
+    prop.add_argument("--out", required=True, help="store directory")
+    prop.add_argument("--classes", default="voc", help="'voc', or a file of class names relative to --data")
+    prop.add_argument("--max-candidates", type=int, default=2000)
+    prop.add_argument("--seed", type=int, default=0)
+    prop.set_defaults(func=_cmd_proposals)
+
+    train = sub.add_parser("train", help="train one model (one MLflow run)")
+    train.add_argument("--config", required=True)
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on a labelled split")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--split", default="val")
+    ev.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    ev.add_argument("--crf", action="store_true")
+    ev.set_defaults(func=_cmd_eval)
+
+    demo = sub.add_parser("demo", help="the whole comparison on the synthetic demo data")
+    demo.add_argument("--config", default="configs/demo.yaml")
+    demo.add_argument("--data", default="demo_data")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except BoxSupError as exc:
+        print(f"boxsup: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("boxsup: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
