@@ -1,0 +1,76 @@
+"""One label-update round: maps written for every labelled image, skips counted, fixed by the seed."""
+
+import numpy as np
+import torch
+
+from boxsup.data.annotations import Box, Supervision
+from boxsup.data.label_store import LabelStore
+from boxsup.data.voc import VOCDataset, write_split, write_voc_sample
+from boxsup.models import build_model
+from boxsup.proposals.box_masks import rectangle_masks
+from boxsup.proposals.pool import CandidatePool
+from boxsup.proposals.store import ProposalStore
+from boxsup.trainers.epoch import pixel_costs
+from boxsup.trainers.label_update import BoxedPoolCache, update_labels
+
+CLASSES = ("a", "b")
+
+
+def make_data(tmp_path):
+    rng = np.random.default_rng(0)
+    root, store = tmp_path / "data", ProposalStore(tmp_path / "store")
+    for i in range(4):
+        mask = np.zeros((24, 24), np.uint8)
+        mask[4:14, 4:12] = 1
+        boxes = [Box(4, 4, 12, 14, 1)] if i != 3 else []  # image 3 has no box
+        write_voc_sample(root, f"i{i}", rng.integers(0, 255, (24, 24, 3), dtype=np.uint8), boxes, CLASSES, mask)
+        candidates = rng.random((30, 24, 24)) > 0.5
+        candidates = np.concatenate([candidates, rectangle_masks((24, 24), np.array([[4, 4, 12, 14]]))])
+        pool = CandidatePool.from_masks(candidates if i != 2 else np.zeros((0, 24, 24), bool))  # image 2: empty pool
+        store.save(f"i{i}", pool)
+    write_split(root, "train", [f"i{i}" for i in range(4)])
+    ds = VOCDataset(root, "train", CLASSES)
+    anns = [ds.annotation(i) for i in ds.ids]
+    return ds, anns, store
+
+
+def run_round(tmp_path, ds, anns, store, model, seed, name):
+    labels = LabelStore(tmp_path / name)
+    stats = update_labels(1, anns, ds, BoxedPoolCache(store), labels, model, 3.0, 5, seed, torch.device("cpu"), progress=False)
+    return stats, {i: labels.read(1, i) for i in stats.labelled}
+
+
+def test_round_labels_skips_and_seed(tmp_path):
+    ds, anns, store = make_data(tmp_path)
+    torch.manual_seed(0)
+    model = build_model("small", ds.num_classes, "none")
+    stats, maps = run_round(tmp_path, ds, anns, store, model, 0, "a")
+    assert stats.labelled == ["i0", "i1"] and stats.images_done == 2
+    assert stats.skipped == {"empty candidate pool": 1, "no box": 1}
+    assert stats.boxes == 2 and 0 < stats.pseudo_miou <= 1
+    for label_map in maps.values():
+        assert set(np.unique(label_map)) <= {0, 1}
+        assert not label_map[:, 12:].any() and not label_map[14:].any()  # nothing outside the box
+    _, again = run_round(tmp_path, ds, anns, store, model, 0, "b")
+    _, other = run_round(tmp_path, ds, anns, store, model, 7, "c")
+    assert all(np.array_equal(maps[i], again[i]) for i in maps)
+    assert any(not np.array_equal(maps[i], other[i]) for i in maps)
+
+
+def test_mask_supervised_images_are_left_alone(tmp_path):
+    ds, anns, store = make_data(tmp_path)
+    for ann in anns:
+        ann.supervision = Supervision.MASK
+    stats, maps = run_round(tmp_path, ds, anns, store, None, 0, "m")
+    assert stats.images_done == 0 and maps == {} and stats.pseudo_miou is None
+
+
+def test_pixel_costs_are_bounded_errors_or_cross_entropy():
+    torch.manual_seed(0)
+    model = build_model("small", 3, "none")
+    image = np.random.default_rng(0).integers(0, 255, (20, 28, 3), dtype=np.uint8)
+    error, xent = pixel_costs(model, image, torch.device("cpu"), "error"), pixel_costs(model, image, torch.device("cpu"), "xent")
+    assert error.shape == (3, 20, 28) and error.min() >= 0 and error.max() <= 1
+    np.testing.assert_allclose(error.sum(0), 2.0, rtol=1e-5)  # sum over classes of 1 - P
+    np.testing.assert_allclose(error, 1 - np.exp(-xent), atol=1e-5)
+
