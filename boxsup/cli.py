@@ -39,8 +39,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from boxsup.config import load_config
     from boxsup.trainers.run import run_boxsup
 
-    cfg = load_config(args.config, args.set)
-    result = run_boxsup(cfg)
+    if args.resume:
+        if args.config or args.set:
+            raise BoxSupError("--resume continues a run with its own config; drop --config and --set")
+        result = run_boxsup({}, resume=args.resume)
+    elif args.config:
+        result = run_boxsup(load_config(args.config, args.set))
+    else:
+        raise BoxSupError("give --config FILE (a new run) or --resume RUN_DIR (continue one)")
     rounds = " ".join(f"{v:.3f}" for v in result.pseudo_miou) or "-"
     print(f"run {result.run_id} ({result.run_dir}): val mIoU {result.val_miou:.4f}, "
           f"pixel accuracy {result.val_pixel_accuracy:.4f}; pseudo-label mIoU by round: {rounds}")
@@ -84,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     prop.set_defaults(func=_cmd_proposals)
 
     train = sub.add_parser("train", help="train one model (one MLflow run)")
-    train.add_argument("--config", required=True)
+    train.add_argument("--config", help="run config (YAML)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     train.set_defaults(func=_cmd_train)
 

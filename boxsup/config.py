@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
         "update": True,  # false: labels of round 0 stay fixed (the rectangles / GrabCut baselines)
         "pixel_cost": "error",  # e(p, l) in E_r: error = 1 - P(l|p) (bounded), xent = -log P(l|p)
         "warmup_epochs": 1,  # epochs trained on round 0's labels (E_o alone) before the network is asked
+        "num_actors": 2,  # Ray actors sharing the label update (each owns a shard of the proposal store)
+        "actor_cpus": 1.0,
+        "cache_images": 4096,  # box-refined candidate pools each actor keeps in memory
     },
     "model": {
         "backbone": "vgg16_largefov",  # vgg16_largefov | small
@@ -54,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",  # auto | cpu | cuda
         "num_threads": 0,  # torch CPU threads; 0 keeps torch's default
         "loader_workers": 0,
+        "amp": True,  # mixed precision on CUDA (ignored on CPU)
     },
     "eval": {
         "crf": False,
@@ -61,9 +65,16 @@ DEFAULTS: dict[str, Any] = {
         "every": 1,  # evaluate on val every N epochs (and always after the last)
     },
     "tracking": {
-        "uri": "sqlite:///mlflow.db",
+        "uri": None,  # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db (a file in the working dir)
         "experiment": "boxsup",
         "run_name": None,
+    },
+    "ray": {
+        "num_workers": 2,  # Ray Train workers (data-parallel); 0 runs everything in this process
+        "use_gpu": False,
+        "cpus_per_worker": 1.0,
+        "address": None,  # "auto" joins a running cluster; null starts a local Ray
+        "max_failures": 2,  # Train worker failures recovered from the last checkpoint
     },
     "output": {
         "dir": "runs",
@@ -84,9 +95,11 @@ NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "data.mask_list": (str,),
     "proposals.store": (str,),
     "tracking.run_name": (str,),
+    "tracking.uri": (str,),
+    "ray.address": (str,),
 }
 
-POSITIVE = ("assign.warmup_epochs", "train.epochs", "train.batch_size", "train.lr", "train.lr_step", "assign.k", "data.crop_size",
+POSITIVE = ("assign.num_actors", "assign.actor_cpus", "assign.cache_images", "ray.cpus_per_worker", "assign.warmup_epochs", "train.epochs", "train.batch_size", "train.lr", "train.lr_step", "assign.k", "data.crop_size",
             "proposals.max_candidates", "eval.every")  # fmt: skip
 
 

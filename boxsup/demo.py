@@ -7,6 +7,7 @@ from pathlib import Path
 
 from boxsup.config import load_config
 from boxsup.data.synth import generate_dataset
+from boxsup.platform.tracking import tracking_uri
 from boxsup.trainers.run import RunResult, run_boxsup
 from boxsup.utils.files import write_text_atomic
 
@@ -55,5 +56,5 @@ def run_demo(config: str | Path, data_dir: Path, overrides: list[str] | None = N
     print("\n" + table)
     out = Path(cfg["output"]["dir"]) / "demo_results.md"
     write_text_atomic(out, table + "\n")
-    print(f"\n(saved to {out}; every run is in MLflow: `mlflow ui --backend-store-uri {cfg['tracking']['uri']}`)")
+    print(f"\n(saved to {out}; every run is in MLflow: `mlflow ui --backend-store-uri {tracking_uri(cfg['tracking']['uri'])}`)")
     return results

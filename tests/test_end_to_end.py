@@ -1,6 +1,5 @@
 """One whole tiny run through the CLI: data, proposals, label rounds, training, MLflow, evaluation."""
 
-import mlflow
 import numpy as np
 import pytest
 import yaml
@@ -48,8 +47,7 @@ def test_tiny_boxsup_run_is_tracked_and_evaluable(tmp_path, tiny_data, capsys):
     for round_dir in labels:  # every training image got a label map in every round
         assert sorted(p.stem for p in round_dir.glob("*.png")) == sorted(train_ids)
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    client = MlflowClient()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["assign.lam"] == "3.0" and run.data.params["model.backbone"] == "small"

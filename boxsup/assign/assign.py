@@ -37,13 +37,26 @@ class BoxedPool:
         if pool.n_candidates == 0:
             raise EmptyPoolError("empty candidate pool")
         refined, inside = pool.refined_by_boxes(boxes)
-        loss_labels = np.concatenate([[BACKGROUND], np.unique(labels)]).astype(np.int64)
         boxes = np.asarray(boxes).reshape(-1, 4)
-        return cls(refined, inside, boxes, np.asarray(labels), loss_labels, overlap_cost(pool, boxes))
+        return cls(refined, inside, boxes, np.asarray(labels), loss_labels_for(labels), overlap_cost(pool, boxes))
 
     def loss_sums(self, pixel_losses: np.ndarray) -> np.ndarray:
         """Reduce per-pixel losses (num_classes, H, W) to per-atom sums (A, K) for ``loss_labels``."""
-        return atom_loss_sums(pixel_losses[self.loss_labels], self.pool.atoms, self.pool.n_atoms)
+        return reduce_losses(pixel_losses, self.pool.atoms, self.labels)
+
+
+def loss_labels_for(labels: np.ndarray) -> np.ndarray:
+    """The labels whose losses a label update needs: background, then the image's box classes."""
+    return np.concatenate([[BACKGROUND], np.unique(labels)]).astype(np.int64)
+
+
+def reduce_losses(pixel_losses: np.ndarray, refined_atoms: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-atom sums (A, K) of per-pixel losses (num_classes, H, W) over box-refined atoms.
+
+    This is all that crosses from the network to the label update: A x K numbers per image.
+    """
+    n_atoms = int(refined_atoms.max()) + 1
+    return atom_loss_sums(pixel_losses[loss_labels_for(labels)], refined_atoms, n_atoms)
 
 
 @dataclass

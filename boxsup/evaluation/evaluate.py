@@ -21,14 +21,14 @@ def evaluate(
     scales: tuple[float, ...] = (1.0,),
     crf: bool = False,
     progress: bool = True,
+    ids: list[str] | None = None,
 ) -> ConfusionMatrix:
-    """Confusion matrix of the model's predictions against the GT masks of ``dataset``.
+    """Confusion matrix of the model's predictions against the GT masks of ``dataset`` (or ``ids``).
 
-    Images without a mask cannot be scored and are left out (their count is the difference
-    between ``len(dataset)`` and the images seen).
+    Images without a mask cannot be scored and are left out.
     """
     confusion = ConfusionMatrix(dataset.num_classes)
-    for image_id in tqdm(dataset.ids, desc="eval", leave=False, disable=not progress, unit="img"):
+    for image_id in tqdm(dataset.ids if ids is None else ids, desc="eval", leave=False, disable=not progress, unit="img"):
         mask = dataset.mask(image_id)
         if mask is None:
             continue

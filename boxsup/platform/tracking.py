@@ -1,43 +1,71 @@
-"""MLflow tracking of one run: the resolved config as params, metrics per epoch/round, artifacts."""
+"""MLflow tracking: the driver opens and closes a run; rank 0 of the training loop logs into it.
+
+``tracking.uri`` when set, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``: a cluster
+points every run at a tracking server with either.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
 
 from boxsup.config import flatten
 
 
-class Tracker:
-    """A context manager around one MLflow run; the run ends FAILED if the block raises.
+DEFAULT_URI = "sqlite:///mlflow.db"
 
-    ``tracking.uri`` defaults to a local SQLite file; ``MLFLOW_TRACKING_URI`` in the environment
-    overrides it, so a cluster can point every run at a tracking server.
-    """
 
-    def __init__(self, uri: str, experiment: str, run_name: str | None = None):
-        self.uri = os.environ.get("MLFLOW_TRACKING_URI", uri)
-        self.experiment = experiment
-        self.run_name = run_name
-        self.run_id: str | None = None
+def tracking_uri(configured: str | None) -> str:
+    """``tracking.uri`` when set, else ``MLFLOW_TRACKING_URI``, else a SQLite file in the working dir."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
-    def __enter__(self) -> "Tracker":
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(self.experiment)
-        self.run_id = mlflow.start_run(run_name=self.run_name).info.run_id
-        return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        mlflow.end_run(status="FINISHED" if exc_type is None else "FAILED")
+def start_run(uri: str, experiment: str, run_name: str, cfg: dict[str, Any]) -> str:
+    """Create the run (and its experiment if new), log the whole config as params; returns the run id."""
+    client = MlflowClient(tracking_uri(uri))
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+    RunLogger(uri, run_id).log_params({k: str(v) for k, v in flatten(cfg).items()})
+    return run_id
 
-    def log_config(self, cfg: dict[str, Any]) -> None:
-        mlflow.log_params({k: str(v) for k, v in flatten(cfg).items()})
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
+def reopen_run(uri: str, run_id: str) -> None:
+    MlflowClient(tracking_uri(uri)).update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
+
+def end_run(uri: str, run_id: str, ok: bool) -> None:
+    MlflowClient(tracking_uri(uri)).set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+class RunLogger:
+    """Logs metrics and artifacts into one existing run, from any process (picklable)."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri = tracking_uri(uri)
+        self.run_id = run_id
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.uri)
+
+    def log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float | None], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        mlflow.log_artifact(str(path), artifact_path=folder)
+        self.client.log_artifact(self.run_id, str(path), artifact_path=folder)

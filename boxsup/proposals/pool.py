@@ -144,23 +144,29 @@ class CandidatePool:
         matrix: whether each refined atom lies inside each box. With these atoms, sums restricted
         to a box are exact per-atom sums.
         """
-        h, w = self.shape
-        key = self.atoms.astype(np.int64)
-        for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.int64).reshape(-1, 4):
-            inside = np.zeros((h, w), dtype=np.int64)
-            inside[y0:y1, x0:x1] = 1
-            key, _ = relabel_consecutive(key * 2 + inside)
-            key = key.astype(np.int64)
-        _, first_pixel, inverse = np.unique(key.ravel(), return_index=True, return_inverse=True)
-        refined = inverse.reshape(h, w).astype(np.int32)
-        parent = self.atoms.ravel()[first_pixel]
-        # One pixel of each refined atom tells on which side of every box the whole atom lies.
-        px, py = first_pixel % w, first_pixel // w
-        b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-        inside_box = (
-            (px[:, None] >= b[None, :, 0])
-            & (py[:, None] >= b[None, :, 1])
-            & (px[:, None] < b[None, :, 2])
-            & (py[:, None] < b[None, :, 3])
-        )
-        return CandidatePool(refined, self.membership[:, parent]), inside_box
+        refined, parent, inside = split_atoms_by_boxes(self.atoms, boxes)
+        return CandidatePool(refined, self.membership[:, parent]), inside
+
+
+def split_atoms_by_boxes(atoms: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Refine an atom map by box membership: (refined map, parent atom of each, inside (A', B))."""
+    h, w = atoms.shape
+    b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    key = atoms.astype(np.int64)
+    for x0, y0, x1, y1 in b:
+        inside = np.zeros((h, w), dtype=np.int64)
+        inside[y0:y1, x0:x1] = 1
+        key, _ = relabel_consecutive(key * 2 + inside)
+        key = key.astype(np.int64)
+    _, first_pixel, inverse = np.unique(key.ravel(), return_index=True, return_inverse=True)
+    refined = inverse.reshape(h, w).astype(np.int32)
+    parent = atoms.ravel()[first_pixel]
+    # One pixel of each refined atom tells on which side of every box the whole atom lies.
+    px, py = first_pixel % w, first_pixel // w
+    inside_box = (
+        (px[:, None] >= b[None, :, 0])
+        & (py[:, None] >= b[None, :, 1])
+        & (px[:, None] < b[None, :, 2])
+        & (py[:, None] < b[None, :, 3])
+    )
+    return refined, parent, inside_box

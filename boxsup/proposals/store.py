@@ -53,15 +53,23 @@ class ProposalStore:
         with atomic_path(self.path(image_id), suffix=".npz") as tmp:
             np.savez_compressed(tmp, atoms=atoms, indptr=m.indptr.astype(np.int64), indices=indices)
 
-    def load(self, image_id: str) -> CandidatePool:
+    def _read(self, image_id: str, keys: tuple[str, ...]) -> list[np.ndarray]:
         path = self.path(image_id)
         if not path.is_file():
             raise BoxSupError(f"{path}: proposal file missing (rebuild with `boxsup proposals`)")
         try:
             with np.load(path) as f:
-                atoms, indptr, indices = f["atoms"].astype(np.int32), f["indptr"], f["indices"].astype(np.int32)
+                return [f[k] for k in keys]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise BoxSupError(f"{path}: corrupt proposal file ({exc})") from None
+
+    def load_atoms(self, image_id: str) -> np.ndarray:
+        """Only the atom map: what a Train worker needs to reduce per-pixel losses."""
+        return self._read(image_id, ("atoms",))[0].astype(np.int32)
+
+    def load(self, image_id: str) -> CandidatePool:
+        atoms, indptr, indices = self._read(image_id, ("atoms", "indptr", "indices"))
+        atoms, indices = atoms.astype(np.int32), indices.astype(np.int32)
         n_atoms = int(atoms.max()) + 1 if atoms.size else 0
         data = np.ones(len(indices), dtype=np.float32)
         return CandidatePool(atoms, sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_atoms)))

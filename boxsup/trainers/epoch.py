@@ -19,16 +19,26 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     progress: bool = True,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
-    """SGD over every batch once; returns the mean per-pixel cross-entropy (IGNORE pixels left out)."""
+    """SGD over every batch once; returns the mean per-pixel cross-entropy (IGNORE pixels left out).
+
+    With a ``scaler`` (CUDA only) the forward pass runs in float16 autocast (AMP).
+    """
     model.train()
     total, count = 0.0, 0
     for images, targets in tqdm(batches, desc="train", leave=False, disable=not progress, unit="batch"):
-        images, targets = images.to(device), targets.to(device)
-        loss = F.cross_entropy(model(images), targets, ignore_index=IGNORE)
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None):
+            loss = F.cross_entropy(model(images).float(), targets, ignore_index=IGNORE)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         total += float(loss.detach()) * len(images)
         count += len(images)
     return total / max(count, 1)

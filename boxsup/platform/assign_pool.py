@@ -1,0 +1,190 @@
+"""The label update's actor pool: Ray actors that own shards of the proposal store.
+
+Train workers reduce each image's per-pixel costs to per-atom sums (a few KB) and submit them
+here; the actor owning the image (crc32 of its id modulo the pool size) loads its candidate pool
+once, caches it, computes the costs, samples, paints, writes the label map atomically into the
+round's label store and returns a few numbers. No image or probability map crosses the driver.
+
+A dead actor is replaced by a named successor (``<prefix>-<shard>-<generation>``, created with
+``get_if_exists`` so every worker that notices the death converges on the same one) and its
+unfinished images are submitted again. Choices do not depend on which actor makes them: each
+image's random stream is keyed on (seed, round, image id).
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError
+
+from boxsup.assign import EmptyPoolError, assign_labels, image_rng
+from boxsup.data.annotations import ImageAnnotation
+from boxsup.data.label_store import LabelStore
+from boxsup.data.voc import VOCDataset
+from boxsup.evaluation.metrics import ConfusionMatrix
+from boxsup.proposals.store import ProposalStore
+from boxsup.trainers.label_update import BoxedPoolCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageResult:
+    """What one image's label update returns: a few numbers, never the label map."""
+
+    image_id: str
+    boxes: int = 0
+    chosen_cost_sum: float = 0.0
+    skipped: str | None = None
+    confusion: dict[int, int] = field(default_factory=dict)  # flat index -> count, vs the hidden GT
+
+
+@dataclass(frozen=True)
+class AssignmentSpec:
+    """Everything an actor needs to label images of one run (plain values, cheap to ship)."""
+
+    data_root: str
+    split: str
+    classes: tuple[str, ...]
+    proposal_store: str
+    label_store: str
+    lam: float
+    k: int
+    seed: int
+    cache_images: int = 4096
+
+
+class Assigner:
+    """Labels images of one run in-process; the body of every actor, and the pool's local stand-in."""
+
+    def __init__(self, spec: AssignmentSpec):
+        self.spec = spec
+        self.dataset = VOCDataset(spec.data_root, spec.split, spec.classes)
+        self.pools = BoxedPoolCache(ProposalStore(spec.proposal_store), spec.cache_images)
+        self.labels = LabelStore(spec.label_store)
+        self._annotations: dict[str, ImageAnnotation] = {}
+
+    def annotation(self, image_id: str) -> ImageAnnotation:
+        if image_id not in self._annotations:
+            self._annotations[image_id] = self.dataset.annotation(image_id)
+        return self._annotations[image_id]
+
+    def assign(self, round_index: int, image_id: str, loss_sums: np.ndarray | None) -> ImageResult:
+        """Label one image for ``round_index``; ``loss_sums`` None means E_o alone (round 0)."""
+        ann = self.annotation(image_id)
+        if not ann.boxes:
+            return ImageResult(image_id, skipped="no box")
+        try:
+            boxed = self.pools.get(ann)
+        except EmptyPoolError:
+            return ImageResult(image_id, skipped="empty candidate pool")
+        rng = image_rng(self.spec.seed, round_index, image_id)
+        result = assign_labels(boxed, loss_sums, self.spec.lam if loss_sums is not None else 0.0, self.spec.k, rng)
+        self.labels.write(round_index, image_id, result.label_map)
+        out = ImageResult(image_id, len(result.chosen), float(result.chosen_cost.sum()))
+        if ann.has_mask:
+            confusion = ConfusionMatrix(self.dataset.num_classes)
+            confusion.update(result.label_map, self.dataset.mask(image_id))
+            flat = confusion.matrix.ravel()
+            out.confusion = {int(i): int(flat[i]) for i in np.flatnonzero(flat)}
+        return out
+
+    def ping(self) -> bool:
+        return True
+
+
+AssignmentActor = ray.remote(Assigner)
+
+
+def shard_of(image_id: str, num_shards: int) -> int:
+    """The actor that owns an image: stable across processes and runs."""
+    return zlib.crc32(image_id.encode("utf-8")) % num_shards
+
+
+class AssignmentPool:
+    """Handles to ``num_actors`` assignment actors; picklable, so Train workers carry a copy.
+
+    ``submit`` sends one image's loss sums to its owner; ``collect`` waits for everything this copy
+    submitted, replacing dead actors and resubmitting their images, and returns one result per
+    image. ``on_result`` (tests, progress) sees each result as it arrives.
+    """
+
+    def __init__(self, spec: AssignmentSpec, num_actors: int, name_prefix: str, actor_cpus: float = 1.0):
+        self.spec = spec
+        self.num_actors = num_actors
+        self.name_prefix = name_prefix
+        self.actor_cpus = actor_cpus
+        self.generations = [0] * num_actors
+        self.actors = [self._actor(shard, 0) for shard in range(num_actors)]
+        self._pending: dict[ray.ObjectRef, tuple[int, str, np.ndarray | None, object]] = {}
+        self.replaced = 0
+
+    def _actor(self, shard: int, generation: int):
+        return AssignmentActor.options(
+            name=f"{self.name_prefix}-{shard}-{generation}", get_if_exists=True, num_cpus=self.actor_cpus,
+            max_concurrency=1,
+        ).remote(self.spec)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_pending"] = {}
+        return state
+
+    def submit(self, round_index: int, image_id: str, loss_sums: np.ndarray | None) -> None:
+        actor = self.actors[shard_of(image_id, self.num_actors)]
+        self._pending[actor.assign.remote(round_index, image_id, loss_sums)] = (round_index, image_id, loss_sums, actor)
+
+    def _replace(self, shard: int, dead) -> None:
+        if self.actors[shard] is dead:  # an earlier failure of the same actor may have replaced it
+            self.generations[shard] += 1
+            self.actors[shard] = self._actor(shard, self.generations[shard])
+            self.replaced += 1
+            log.warning("assignment actor %d died; replaced by generation %d", shard, self.generations[shard])
+
+    def collect(self, on_result: Callable[[ImageResult], None] | None = None) -> list[ImageResult]:
+        results = []
+        while self._pending:
+            done, _ = ray.wait(list(self._pending), num_returns=1)
+            ref = done[0]
+            round_index, image_id, loss_sums, actor = self._pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except RayActorError:
+                self._replace(shard_of(image_id, self.num_actors), actor)
+                self.submit(round_index, image_id, loss_sums)
+                continue
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+        return results
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+class LocalAssignmentPool:
+    """The same interface as ``AssignmentPool`` without Ray: one in-process ``Assigner``."""
+
+    def __init__(self, spec: AssignmentSpec):
+        self.assigner = Assigner(spec)
+        self._results: list[ImageResult] = []
+        self.replaced = 0
+
+    def submit(self, round_index: int, image_id: str, loss_sums: np.ndarray | None) -> None:
+        self._results.append(self.assigner.assign(round_index, image_id, loss_sums))
+
+    def collect(self, on_result: Callable[[ImageResult], None] | None = None) -> list[ImageResult]:
+        results, self._results = self._results, []
+        for result in results:
+            if on_result is not None:
+                on_result(result)
+        return results
+
+    def kill(self) -> None:
+        pass

@@ -1,0 +1,58 @@
+"""Running the training loop through Ray Train, with the label update on a Ray actor pool."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from boxsup.errors import BoxSupError
+from boxsup.platform.assign_pool import AssignmentPool, AssignmentSpec
+from boxsup.trainers.loop import train_worker
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(cfg: dict[str, Any]) -> None:
+    """Join ``ray.address`` ("auto": the running cluster), or start a local Ray big enough for the run.
+
+    A local Ray gets at least as many logical CPUs as the Train workers and the actors ask for,
+    so a 2-core laptop can run 2 workers and 2 actors: they take turns (label update, then epoch).
+    """
+    if ray.is_initialized():
+        return
+    address = cfg["ray"]["address"]
+    if address:
+        ray.init(address=address)
+        return
+    needed = cfg["ray"]["num_workers"] * cfg["ray"]["cpus_per_worker"] + cfg["assign"]["num_actors"] * cfg["assign"]["actor_cpus"]
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)))
+
+
+def fit_with_ray(job: dict[str, Any], spec: AssignmentSpec, run_name: str, run_dir: Path) -> None:
+    """One ``TorchTrainer.fit``; resumes from the run's last Ray Train checkpoint when there is one."""
+    cfg = job["config"]
+    init_ray(cfg)
+    pool = AssignmentPool(spec, cfg["assign"]["num_actors"], f"boxsup-{run_name}-{uuid.uuid4().hex[:6]}",
+                          cfg["assign"]["actor_cpus"])
+    r = cfg["ray"]
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=job | {"pool": pool},
+        scaling_config=ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"],
+                                     resources_per_worker={"CPU": r["cpus_per_worker"]}),
+        run_config=RunConfig(name=run_name, storage_path=str(Path(run_dir).resolve() / "ray"),
+                             failure_config=FailureConfig(max_failures=r["max_failures"])),
+    )
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise BoxSupError(f"training failed ({str(exc).splitlines()[0]}); continue with `boxsup train --resume {run_dir}`") from None
+    finally:
+        pool.kill()

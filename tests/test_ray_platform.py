@@ -1,0 +1,142 @@
+"""The distributed platform: the actor pool's determinism and recovery, Train worker recovery, resume."""
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from boxsup.cli import main
+from boxsup.config import resolve_classes
+from boxsup.data.label_store import LabelStore
+from boxsup.data.synth import DEMO_CLASSES, generate_dataset
+from boxsup.data.voc import VOCDataset
+from boxsup.platform.assign_pool import AssignmentPool, AssignmentSpec, LocalAssignmentPool
+from boxsup.proposals.generate import build_store
+from boxsup.proposals.pool import split_atoms_by_boxes
+from boxsup.proposals.store import ProposalStore
+
+
+@pytest.fixture(scope="module")
+def labelled_setup(tmp_path_factory):
+    """A tiny dataset, its SS store, and fixed network costs reduced per atom for every image."""
+    root = tmp_path_factory.mktemp("pooldata")
+    generate_dataset(root / "data", n_images=24, size=64, seed=5)
+    dataset = VOCDataset(root / "data", "train", DEMO_CLASSES)
+    store = ProposalStore(root / "store")
+    build_store(dataset, store, "ss", max_candidates=300, progress=False)
+    rng = np.random.default_rng(0)
+    sums = {}
+    for image_id in dataset.ids:
+        ann = dataset.annotation(image_id)
+        atoms = split_atoms_by_boxes(store.load_atoms(image_id), ann.boxes_array())[0]
+        k = 1 + len(np.unique(ann.labels_array()))
+        sums[image_id] = (rng.random((int(atoms.max()) + 1, k)) * np.bincount(atoms.ravel())[:, None]).astype(np.float32)
+    return root, dataset, store, sums
+
+
+def spec_for(root, store, labels_dir):
+    return AssignmentSpec(str(root / "data"), "train", DEMO_CLASSES, str(store.root), str(labels_dir), 3.0, 5, 11)
+
+
+def run_pool(pool, dataset, sums, on_result=None):
+    for image_id in dataset.ids:
+        pool.submit(1, image_id, sums[image_id])
+    return pool.collect(on_result)
+
+
+def test_label_maps_do_not_depend_on_the_number_of_actors(ray_session, labelled_setup, tmp_path):
+    root, dataset, store, sums = labelled_setup
+    maps = {}
+    for name, make in {
+        "local": lambda s: LocalAssignmentPool(s),
+        "1 actor": lambda s: AssignmentPool(s, 1, "t-one"),
+        "3 actors": lambda s: AssignmentPool(s, 3, "t-three"),
+    }.items():
+        spec = spec_for(root, store, tmp_path / name)
+        pool = make(spec)
+        results = run_pool(pool, dataset, sums)
+        pool.kill()
+        assert sorted(r.image_id for r in results) == sorted(dataset.ids)
+        store_ = LabelStore(spec.label_store)
+        maps[name] = {i: store_.read(1, i) for i in dataset.ids}
+    for image_id in dataset.ids:
+        np.testing.assert_array_equal(maps["1 actor"][image_id], maps["3 actors"][image_id])
+        np.testing.assert_array_equal(maps["local"][image_id], maps["3 actors"][image_id])
+    assert any(m.any() for m in maps["local"].values())
+
+
+def test_a_killed_actor_is_replaced_and_its_images_redone(ray_session, labelled_setup, tmp_path):
+    root, dataset, store, sums = labelled_setup
+    spec = spec_for(root, store, tmp_path / "labels")
+    pool = AssignmentPool(spec, 2, "t-kill")
+    killed = []
+
+    def kill_once(result):
+        if not killed:
+            killed.append(result.image_id)
+            for actor in pool.actors:
+                ray_session.kill(actor)
+
+    results = run_pool(pool, dataset, sums, on_result=kill_once)
+    pool.kill()
+    assert sorted(r.image_id for r in results) == sorted(dataset.ids)  # every image once
+    assert pool.replaced >= 1
+    labels = LabelStore(spec.label_store)
+    assert all(labels.has(1, i) for i in dataset.ids)
+
+
+def tiny_config(tmp_path, data_root, **overrides):
+    cfg = {
+        "seed": 2,
+        "data": {"root": str(data_root), "classes": list(DEMO_CLASSES), "crop_size": 64},
+        "proposals": {"method": "ss", "max_candidates": 200, "store": str(tmp_path / "store")},
+        "model": {"backbone": "small", "weights": "none"},
+        "train": {"epochs": 3, "batch_size": 4, "lr": 0.01, "num_threads": 1},
+        "ray": {"num_workers": 2, "max_failures": 0},
+        "assign": {"num_actors": 2},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "ray-tests", "run_name": "r"},
+        "output": {"dir": str(tmp_path / "runs")},
+    }
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        cfg[section][name] = value
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def single_run(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("ray-tests").experiment_id])
+    history = {k: [m.step for m in client.get_metric_history(run.info.run_id, k)] for k in ("train_loss", "pseudo_miou")}
+    return run, history
+
+
+def test_interrupted_run_resumes_in_the_same_mlflow_run(ray_session, labelled_setup, tmp_path, monkeypatch, capsys):
+    root = labelled_setup[0]
+    config = tiny_config(tmp_path, root / "data")
+    monkeypatch.setenv("BOXSUP_FAIL_AFTER_EPOCH", "0")
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err, err
+    run, history = single_run(tmp_path)
+    assert run.info.status == "FAILED" and history["train_loss"] == [0]
+
+    monkeypatch.delenv("BOXSUP_FAIL_AFTER_EPOCH")
+    assert main(["train", "--resume", str(tmp_path / "runs" / "r")]) == 0
+    run, history = single_run(tmp_path)  # still exactly one run
+    assert run.info.status == "FINISHED"
+    assert history == {"train_loss": [0, 1, 2], "pseudo_miou": [0, 1, 2]}  # nothing logged twice
+    rounds = sorted(p.name for p in (tmp_path / "runs" / "r" / "labels").iterdir())
+    assert rounds == ["round_000", "round_001", "round_002"]
+
+
+def test_a_failed_train_worker_recovers_from_its_checkpoint(ray_session, labelled_setup, tmp_path, monkeypatch):
+    root = labelled_setup[0]
+    config = tiny_config(tmp_path, root / "data", ray__max_failures=1)
+    monkeypatch.setenv("BOXSUP_FAIL_AFTER_EPOCH", "1")
+    assert main(["train", "--config", str(config)]) == 0
+    run, history = single_run(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert history == {"train_loss": [0, 1, 2], "pseudo_miou": [0, 1, 2]}
+    assert (tmp_path / "runs" / "r" / ".failed-after-epoch-1").exists()  # the failure did happen
