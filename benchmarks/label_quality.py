@@ -20,7 +20,7 @@ from boxsup.evaluation.evaluate import load_checkpoint
 from boxsup.evaluation.metrics import ConfusionMatrix
 from boxsup.models import build_model
 from boxsup.trainers.epoch import pixel_costs
-from boxsup.trainers.label_update import BoxedPoolCache
+from boxsup.assign.cache import BoxedPoolCache
 from boxsup.trainers.run import ensure_proposals, load_training_annotations
 
 

@@ -1,4 +1,4 @@
-"""One label-update round: maps written for every labelled image, skips counted, fixed by the seed."""
+"""One label-update round through the loop's code path (in-process pool): maps, skips, seed."""
 
 import numpy as np
 import torch
@@ -7,11 +7,13 @@ from boxsup.data.annotations import Box, Supervision
 from boxsup.data.label_store import LabelStore
 from boxsup.data.voc import VOCDataset, write_split, write_voc_sample
 from boxsup.models import build_model
+from boxsup.platform.assign_pool import AssignmentSpec, LocalAssignmentPool
+from boxsup.platform.context import LocalContext
 from boxsup.proposals.box_masks import rectangle_masks
 from boxsup.proposals.pool import CandidatePool
 from boxsup.proposals.store import ProposalStore
 from boxsup.trainers.epoch import pixel_costs
-from boxsup.trainers.label_update import BoxedPoolCache, update_labels
+from boxsup.trainers.loop import label_round
 
 CLASSES = ("a", "b")
 
@@ -30,24 +32,28 @@ def make_data(tmp_path):
         store.save(f"i{i}", pool)
     write_split(root, "train", [f"i{i}" for i in range(4)])
     ds = VOCDataset(root, "train", CLASSES)
-    anns = [ds.annotation(i) for i in ds.ids]
-    return ds, anns, store
+    return ds, [ds.annotation(i) for i in ds.ids], store
 
 
 def run_round(tmp_path, ds, anns, store, model, seed, name):
-    labels = LabelStore(tmp_path / name)
-    stats = update_labels(1, anns, ds, BoxedPoolCache(store), labels, model, 3.0, 5, seed, torch.device("cpu"), progress=False)
-    return stats, {i: labels.read(1, i) for i in stats.labelled}
+    spec = AssignmentSpec(str(ds.root), "train", CLASSES, str(store.root), str(tmp_path / name), 3.0, 5, seed)
+    cfg = {"assign": {"pixel_cost": "error", "lam": 3.0}}
+    job = {"config": cfg, "pool": LocalAssignmentPool(spec), "proposal_store": str(store.root)}
+    ctx = LocalContext(tmp_path, torch.device("cpu"))
+    boxed = [a for a in anns if a.supervision == Supervision.BOX]
+    summary = label_round(ctx, job, model, 1, boxed, ds, progress=False)
+    labels = LabelStore(spec.label_store)
+    return summary, {i: labels.read(1, i) for i in summary.labelled}
 
 
 def test_round_labels_skips_and_seed(tmp_path):
     ds, anns, store = make_data(tmp_path)
     torch.manual_seed(0)
     model = build_model("small", ds.num_classes, "none")
-    stats, maps = run_round(tmp_path, ds, anns, store, model, 0, "a")
-    assert stats.labelled == ["i0", "i1"] and stats.images_done == 2
-    assert stats.skipped == {"empty candidate pool": 1, "no box": 1}
-    assert stats.boxes == 2 and 0 < stats.pseudo_miou <= 1
+    summary, maps = run_round(tmp_path, ds, anns, store, model, 0, "a")
+    assert summary.labelled == ["i0", "i1"]
+    assert summary.skipped == {"empty candidate pool": 1, "no box": 1}
+    assert summary.boxes == 2 and 0 < summary.metrics()["pseudo_miou"] <= 1
     for label_map in maps.values():
         assert set(np.unique(label_map)) <= {0, 1}
         assert not label_map[:, 12:].any() and not label_map[14:].any()  # nothing outside the box
@@ -61,8 +67,8 @@ def test_mask_supervised_images_are_left_alone(tmp_path):
     ds, anns, store = make_data(tmp_path)
     for ann in anns:
         ann.supervision = Supervision.MASK
-    stats, maps = run_round(tmp_path, ds, anns, store, None, 0, "m")
-    assert stats.images_done == 0 and maps == {} and stats.pseudo_miou is None
+    summary, maps = run_round(tmp_path, ds, anns, store, None, 0, "m")
+    assert summary.labelled == [] and maps == {} and summary.metrics()["pseudo_miou"] is None
 
 
 def test_pixel_costs_are_bounded_errors_or_cross_entropy():
@@ -73,4 +79,3 @@ def test_pixel_costs_are_bounded_errors_or_cross_entropy():
     assert error.shape == (3, 20, 28) and error.min() >= 0 and error.max() <= 1
     np.testing.assert_allclose(error.sum(0), 2.0, rtol=1e-5)  # sum over classes of 1 - P
     np.testing.assert_allclose(error, 1 - np.exp(-xent), atol=1e-5)
-

@@ -28,7 +28,7 @@ from boxsup.data.label_store import LabelStore
 from boxsup.data.voc import VOCDataset
 from boxsup.evaluation.metrics import ConfusionMatrix
 from boxsup.proposals.store import ProposalStore
-from boxsup.trainers.label_update import BoxedPoolCache
+from boxsup.assign.cache import BoxedPoolCache
 
 log = logging.getLogger(__name__)
 
