@@ -6,7 +6,7 @@ Renders demo-style scenes at 500x375 with 1-4 boxes, builds Selective Search poo
 candidates), draws random per-pixel costs as a network would produce, then times on one core the
 label update of one image, split where the platform splits it:
 
-- worker: split the atom map by the boxes, reduce the costs to per-atom sums (what is sent);
+- worker: split the atom map by the boxes, reduce the costs to per-atom means (float16: what is sent);
 - actor: E_o + E_r, top-k sampling, painting, the PNG written atomically, GT statistics;
 - actor, first round only: loading the pool from the store and refining it (cached afterwards).
 
@@ -27,7 +27,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from boxsup.assign.assign import reduce_losses  # noqa: E402
+from boxsup.assign.assign import atom_mean_costs  # noqa: E402
 from boxsup.data.annotations import Box  # noqa: E402
 from boxsup.data.synth import DEMO_CLASSES, synth_sample  # noqa: E402
 from boxsup.data.voc import write_split, write_voc_sample  # noqa: E402
@@ -87,7 +87,7 @@ def main() -> None:
                 continue
             started = time.perf_counter()
             atoms = split_atoms_by_boxes(store.load_atoms(image_id), ann.boxes_array())[0]
-            sums = reduce_losses(costs, atoms, ann.labels_array()).astype(np.float32)
+            sums = atom_mean_costs(costs, atoms, ann.labels_array())
             worker_s.append(time.perf_counter() - started)
             started = time.perf_counter()
             result = assigner.assign(round_index, image_id, sums)
@@ -105,7 +105,7 @@ def main() -> None:
                          ("actor, first round only: load + refine pool + E_o", first_s)]:
         mean, median = statistics.mean(values) * 1e3, statistics.median(values) * 1e3
         print(f"| {name} | {mean:.1f} | {median:.1f} | {1e3 / mean:.0f} |")
-    print(f"\nobject store per image: {statistics.mean(sent) / 1024:.1f} KB sent (loss sums), "
+    print(f"\nobject store per image: {statistics.mean(sent) / 1024:.1f} KB sent (per-atom mean costs), "
           f"{statistics.mean(returned) / 1024:.2f} KB returned (max {max(sent) / 1024:.1f} KB sent)")
 
 

@@ -79,3 +79,30 @@ def test_pixel_costs_are_bounded_errors_or_cross_entropy():
     assert error.shape == (3, 20, 28) and error.min() >= 0 and error.max() <= 1
     np.testing.assert_allclose(error.sum(0), 2.0, rtol=1e-5)  # sum over classes of 1 - P
     np.testing.assert_allclose(error, 1 - np.exp(-xent), atol=1e-5)
+
+
+def test_atom_level_pseudo_label_confusion_matches_pixels(tmp_path):
+    from boxsup.evaluation.metrics import ConfusionMatrix
+    from boxsup.platform.assign_pool import Assigner
+
+    ds, anns, store = make_data(tmp_path)
+    spec = AssignmentSpec(str(ds.root), "train", CLASSES, str(store.root), str(tmp_path / "l"), 3.0, 5, 0)
+    assigner = Assigner(spec)
+    for round_index in (0, 1):  # the second round uses the cached GT histogram
+        result = assigner.assign(round_index, "i0", None)
+        expected = ConfusionMatrix(ds.num_classes)
+        expected.update(LabelStore(spec.label_store).read(round_index, "i0"), ds.mask("i0"))
+        flat = expected.matrix.ravel()
+        assert result.confusion == {int(i): int(flat[i]) for i in np.flatnonzero(flat)}
+
+
+def test_worker_means_round_trip_to_sums(tmp_path):
+    from boxsup.assign.assign import BoxedPool, atom_mean_costs
+
+    ds, anns, store = make_data(tmp_path)
+    ann = anns[0]
+    boxed = BoxedPool.build(store.load("i0"), ann.boxes_array(), ann.labels_array())
+    costs = np.random.default_rng(0).random((ds.num_classes, 24, 24))
+    means = atom_mean_costs(costs, boxed.pool.atoms, ann.labels_array())
+    assert means.dtype == np.float16
+    np.testing.assert_allclose(boxed.sums_from_means(means), boxed.loss_sums(costs), rtol=2e-3)

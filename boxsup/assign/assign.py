@@ -40,6 +40,13 @@ class BoxedPool:
         boxes = np.asarray(boxes).reshape(-1, 4)
         return cls(refined, inside, boxes, np.asarray(labels), loss_labels_for(labels), overlap_cost(pool, boxes))
 
+    def sums_from_means(self, atom_means: np.ndarray) -> np.ndarray:
+        """Undo ``atom_mean_costs``: per-atom sums (A, K) from the means a worker sent."""
+        if atom_means.shape != (self.pool.n_atoms, len(self.loss_labels)):
+            raise ValueError(f"per-atom costs of shape {atom_means.shape} do not fit this pool "
+                             f"({self.pool.n_atoms} atoms, {len(self.loss_labels)} labels)")
+        return atom_means.astype(np.float64) * self.pool.atom_areas()[:, None]
+
     def loss_sums(self, pixel_losses: np.ndarray) -> np.ndarray:
         """Reduce per-pixel losses (num_classes, H, W) to per-atom sums (A, K) for ``loss_labels``."""
         return reduce_losses(pixel_losses, self.pool.atoms, self.labels)
@@ -48,6 +55,18 @@ class BoxedPool:
 def loss_labels_for(labels: np.ndarray) -> np.ndarray:
     """The labels whose losses a label update needs: background, then the image's box classes."""
     return np.concatenate([[BACKGROUND], np.unique(labels)]).astype(np.int64)
+
+
+def atom_mean_costs(pixel_losses: np.ndarray, refined_atoms: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """What a worker sends to the label update: per-atom means of e(p, l), (A, K) float16.
+
+    Means lie in [0, 1] for e = 1 - P, so float16 keeps three significant digits at half the bytes
+    of float32 sums; the receiver multiplies by the atom areas it already holds
+    (``BoxedPool.sums_from_means``).
+    """
+    sums = reduce_losses(pixel_losses, refined_atoms, labels)
+    areas = np.bincount(refined_atoms.ravel(), minlength=len(sums))
+    return (sums / np.maximum(areas, 1)[:, None]).astype(np.float16)
 
 
 def reduce_losses(pixel_losses: np.ndarray, refined_atoms: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -64,6 +83,7 @@ class Assignment:
     """Result of one image's label update."""
 
     label_map: np.ndarray  # (H, W) uint8
+    atom_labels: np.ndarray  # (A,) uint8, label_map = atom_labels[pool.atoms]
     chosen: np.ndarray  # (B,) candidate index per box
     chosen_cost: np.ndarray  # (B,) cost of the chosen candidate
 
@@ -87,5 +107,5 @@ def assign_labels(
     """
     costs = assignment_costs(boxed, loss_sums, lam)
     chosen = sample_lowest_k(costs, k, rng)
-    label_map = paint_labels(boxed.pool, boxed.inside, chosen, boxed.labels)
-    return Assignment(label_map, chosen, costs[chosen, np.arange(len(chosen))])
+    atom_labels = paint_labels(boxed.pool, boxed.inside, chosen, boxed.labels)
+    return Assignment(atom_labels[boxed.pool.atoms], atom_labels, chosen, costs[chosen, np.arange(len(chosen))])

@@ -11,7 +11,7 @@ from boxsup.proposals.pool import CandidatePool
 def paint_labels(
     pool: CandidatePool, inside: np.ndarray, chosen: np.ndarray, labels: np.ndarray
 ) -> np.ndarray:
-    """Label map (H, W) uint8: each box's chosen candidate, clipped to the box, gets the box label.
+    """The label of every atom (A,) uint8: each box's chosen candidate, clipped to the box, gets the box label.
 
     ``pool`` is refined by the boxes and ``inside`` (A, B) tells which atoms lie in each box.
     Every other pixel is background. Where chosen segments overlap the smaller one stays on top
@@ -27,4 +27,4 @@ def paint_labels(
     sizes = [areas[s].sum() for s in segments]
     for b in np.argsort(sizes, kind="stable")[::-1]:  # largest first, smallest painted last
         atom_labels[segments[b]] = labels[b]
-    return atom_labels[pool.atoms]
+    return atom_labels

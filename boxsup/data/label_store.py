@@ -25,7 +25,7 @@ class LabelStore:
         png = Image.fromarray(np.ascontiguousarray(label_map, dtype=np.uint8), mode="P")
         png.putpalette(voc_palette())
         with atomic_path(self.path(round_index, image_id), suffix=".png") as tmp:
-            png.save(tmp, format="PNG")
+            png.save(tmp, format="PNG", compress_level=1)  # fast; label maps compress well anyway
 
     def read(self, round_index: int, image_id: str) -> np.ndarray:
         path = self.path(round_index, image_id)

@@ -1,6 +1,6 @@
 """The label update's actor pool: Ray actors that own shards of the proposal store.
 
-Train workers reduce each image's per-pixel costs to per-atom sums (a few KB) and submit them
+Train workers reduce each image's per-pixel costs to per-atom means (float16, a few KB) and submit them
 here; the actor owning the image (crc32 of its id modulo the pool size) loads its candidate pool
 once, caches it, computes the costs, samples, paints, writes the label map atomically into the
 round's label store and returns a few numbers. No image or probability map crosses the driver.
@@ -20,13 +20,13 @@ from typing import Callable
 
 import numpy as np
 import ray
+import scipy.sparse as sp
 from ray.exceptions import RayActorError
 
 from boxsup.assign import EmptyPoolError, assign_labels, image_rng
-from boxsup.data.annotations import ImageAnnotation
+from boxsup.data.annotations import IGNORE, ImageAnnotation
 from boxsup.data.label_store import LabelStore
 from boxsup.data.voc import VOCDataset
-from boxsup.evaluation.metrics import ConfusionMatrix
 from boxsup.proposals.store import ProposalStore
 from boxsup.assign.cache import BoxedPoolCache
 
@@ -68,14 +68,15 @@ class Assigner:
         self.pools = BoxedPoolCache(ProposalStore(spec.proposal_store), spec.cache_images)
         self.labels = LabelStore(spec.label_store)
         self._annotations: dict[str, ImageAnnotation] = {}
+        self._gt_histograms: dict[str, sp.csr_matrix] = {}
 
     def annotation(self, image_id: str) -> ImageAnnotation:
         if image_id not in self._annotations:
             self._annotations[image_id] = self.dataset.annotation(image_id)
         return self._annotations[image_id]
 
-    def assign(self, round_index: int, image_id: str, loss_sums: np.ndarray | None) -> ImageResult:
-        """Label one image for ``round_index``; ``loss_sums`` None means E_o alone (round 0)."""
+    def assign(self, round_index: int, image_id: str, atom_means: np.ndarray | None) -> ImageResult:
+        """Label one image for ``round_index`` from a worker's per-atom mean costs (None: E_o alone)."""
         ann = self.annotation(image_id)
         if not ann.boxes:
             return ImageResult(image_id, skipped="no box")
@@ -84,15 +85,32 @@ class Assigner:
         except EmptyPoolError:
             return ImageResult(image_id, skipped="empty candidate pool")
         rng = image_rng(self.spec.seed, round_index, image_id)
+        loss_sums = boxed.sums_from_means(atom_means) if atom_means is not None else None
         result = assign_labels(boxed, loss_sums, self.spec.lam if loss_sums is not None else 0.0, self.spec.k, rng)
         self.labels.write(round_index, image_id, result.label_map)
         out = ImageResult(image_id, len(result.chosen), float(result.chosen_cost.sum()))
         if ann.has_mask:
-            confusion = ConfusionMatrix(self.dataset.num_classes)
-            confusion.update(result.label_map, self.dataset.mask(image_id))
-            flat = confusion.matrix.ravel()
-            out.confusion = {int(i): int(flat[i]) for i in np.flatnonzero(flat)}
+            out.confusion = self.pseudo_label_confusion(image_id, boxed.pool.atoms, result.atom_labels)
         return out
+
+    def pseudo_label_confusion(self, image_id: str, atoms: np.ndarray, atom_labels: np.ndarray) -> dict[int, int]:
+        """Confusion of the label map against the hidden GT, as {flat index: count}.
+
+        The GT is read once per image and kept as a sparse atom-by-class histogram (a few KB), so
+        later rounds cost one bincount over atoms, not a pass over the pixels.
+        """
+        n = self.dataset.num_classes
+        if image_id not in self._gt_histograms:
+            mask = self.dataset.mask(image_id)
+            valid = mask != IGNORE
+            counts = sp.coo_matrix((np.ones(valid.sum()), (atoms[valid], mask[valid].astype(np.int64))),
+                                   shape=(int(atoms.max()) + 1, n)).tocsr()
+            counts.sum_duplicates()
+            self._gt_histograms[image_id] = counts
+        hist = self._gt_histograms[image_id]
+        rows = np.repeat(np.arange(hist.shape[0]), np.diff(hist.indptr))
+        flat = np.bincount(hist.indices * n + atom_labels[rows], weights=hist.data, minlength=n * n)
+        return {int(i): int(flat[i]) for i in np.flatnonzero(flat)}
 
     def ping(self) -> bool:
         return True
@@ -135,9 +153,9 @@ class AssignmentPool:
         state["_pending"] = {}
         return state
 
-    def submit(self, round_index: int, image_id: str, loss_sums: np.ndarray | None) -> None:
+    def submit(self, round_index: int, image_id: str, atom_means: np.ndarray | None) -> None:
         actor = self.actors[shard_of(image_id, self.num_actors)]
-        self._pending[actor.assign.remote(round_index, image_id, loss_sums)] = (round_index, image_id, loss_sums, actor)
+        self._pending[actor.assign.remote(round_index, image_id, atom_means)] = (round_index, image_id, atom_means, actor)
 
     def _replace(self, shard: int, dead) -> None:
         if self.actors[shard] is dead:  # an earlier failure of the same actor may have replaced it
@@ -151,12 +169,12 @@ class AssignmentPool:
         while self._pending:
             done, _ = ray.wait(list(self._pending), num_returns=1)
             ref = done[0]
-            round_index, image_id, loss_sums, actor = self._pending.pop(ref)
+            round_index, image_id, atom_means, actor = self._pending.pop(ref)
             try:
                 result = ray.get(ref)
             except RayActorError:
                 self._replace(shard_of(image_id, self.num_actors), actor)
-                self.submit(round_index, image_id, loss_sums)
+                self.submit(round_index, image_id, atom_means)
                 continue
             results.append(result)
             if on_result is not None:
@@ -176,8 +194,8 @@ class LocalAssignmentPool:
         self._results: list[ImageResult] = []
         self.replaced = 0
 
-    def submit(self, round_index: int, image_id: str, loss_sums: np.ndarray | None) -> None:
-        self._results.append(self.assigner.assign(round_index, image_id, loss_sums))
+    def submit(self, round_index: int, image_id: str, atom_means: np.ndarray | None) -> None:
+        self._results.append(self.assigner.assign(round_index, image_id, atom_means))
 
     def collect(self, on_result: Callable[[ImageResult], None] | None = None) -> list[ImageResult]:
         results, self._results = self._results, []

@@ -149,24 +149,31 @@ class CandidatePool:
 
 
 def split_atoms_by_boxes(atoms: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Refine an atom map by box membership: (refined map, parent atom of each, inside (A', B))."""
+    """Refine an atom map by box membership: (refined map, parent atom of each, inside (A', B)).
+
+    Each pixel gets a bit mask of the boxes containing it; a refined atom is one (atom, mask) pair.
+    Everything is a bincount over pixels (no sort), so this costs a few passes over the image.
+    """
     h, w = atoms.shape
     b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    key = atoms.astype(np.int64)
-    for x0, y0, x1, y1 in b:
-        inside = np.zeros((h, w), dtype=np.int64)
-        inside[y0:y1, x0:x1] = 1
-        key, _ = relabel_consecutive(key * 2 + inside)
-        key = key.astype(np.int64)
-    _, first_pixel, inverse = np.unique(key.ravel(), return_index=True, return_inverse=True)
-    refined = inverse.reshape(h, w).astype(np.int32)
-    parent = atoms.ravel()[first_pixel]
-    # One pixel of each refined atom tells on which side of every box the whole atom lies.
-    px, py = first_pixel % w, first_pixel // w
-    inside_box = (
-        (px[:, None] >= b[None, :, 0])
-        & (py[:, None] >= b[None, :, 1])
-        & (px[:, None] < b[None, :, 2])
-        & (py[:, None] < b[None, :, 3])
-    )
+    n_atoms = int(atoms.max()) + 1
+    masks = np.zeros((h, w), dtype=np.int64)
+    for i, (x0, y0, x1, y1) in enumerate(b):
+        masks[y0:y1, x0:x1] |= 1 << i
+    if len(b) <= 20:  # masks < 2^20: rank the distinct masks with a bincount
+        present = np.bincount(masks.ravel(), minlength=1 << len(b)) > 0
+        distinct = np.flatnonzero(present)
+        rank = np.cumsum(present) - 1
+        mask_rank = rank[masks]
+    else:
+        distinct, mask_rank = np.unique(masks, return_inverse=True)
+        mask_rank = mask_rank.reshape(h, w)
+    key = atoms.astype(np.int64) * len(distinct) + mask_rank
+    used = np.bincount(key.ravel(), minlength=n_atoms * len(distinct)) > 0
+    new_id = np.cumsum(used) - 1
+    refined = new_id[key].astype(np.int32)
+    keys = np.flatnonzero(used)
+    parent = keys // len(distinct)
+    atom_masks = distinct[keys % len(distinct)]
+    inside_box = ((atom_masks[:, None] >> np.arange(len(b))[None, :]) & 1).astype(bool)
     return refined, parent, inside_box

@@ -3,7 +3,7 @@
 Ray Train runs ``train_worker`` on every worker (``RayTrainContext``); without Ray it runs once
 in-process (``LocalContext``). Round r's labels use the network after epoch r-1 (round 0: E_o
 alone), then epoch r trains on them. Each worker runs the network over its share of the box images
-and sends per-atom loss sums to the assignment pool, which writes the label maps; the training
+and sends per-atom mean costs to the assignment pool, which writes the label maps; the training
 images are sharded by a ``DistributedSampler``; validation is sharded and its confusion matrix
 summed. Rank 0 alone logs to MLflow and writes checkpoints.
 """
@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from boxsup.assign.assign import reduce_losses
+from boxsup.assign.assign import atom_mean_costs
 from boxsup.config import resolve_classes
 from boxsup.data.annotations import ImageAnnotation, Supervision
 from boxsup.data.label_store import LabelStore
@@ -78,7 +78,7 @@ def label_round(
         if use_network and ann.boxes:
             atoms = split_atoms_by_boxes(store.load_atoms(ann.image_id), ann.boxes_array())[0]
             costs = pixel_costs(model, dataset.image(ann.image_id), ctx.device, kind)
-            sums = reduce_losses(costs, atoms, ann.labels_array()).astype(np.float32)
+            sums = atom_mean_costs(costs, atoms, ann.labels_array())
         pool.submit(round_index, ann.image_id, sums)
     results = pool.collect()
     n = dataset.num_classes
