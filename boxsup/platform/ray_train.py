@@ -44,7 +44,7 @@ def fit_with_ray(job: dict[str, Any], spec: AssignmentSpec, run_name: str, run_d
     r = cfg["ray"]
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=job | {"pool": pool},
+        train_loop_config=job | {"pool": pool, "progress": False},  # per-batch bars become log spam through Ray
         scaling_config=ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"],
                                      resources_per_worker={"CPU": r["cpus_per_worker"]}),
         run_config=RunConfig(name=run_name, storage_path=str(Path(run_dir).resolve() / "ray"),

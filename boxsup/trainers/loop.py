@@ -139,8 +139,8 @@ def train_worker(job: dict[str, Any]) -> None:
     from boxsup.platform.context import RayTrainContext
 
     ctx = job.get("context") or RayTrainContext()
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report and worker is noise
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if "context" not in job:
+        quiet_ray_train_reports()
     cfg, t = job["config"], job["config"]["train"]
     progress = ctx.rank == 0 and job.get("progress", True)
     seed = cfg["seed"]
@@ -183,6 +183,11 @@ def train_worker(job: dict[str, Any]) -> None:
             label_round_index, labelled = epoch, summary.labelled
             rounds.append(epoch)
             metrics.update(summary.metrics())
+            if ctx.rank == 0:
+                pseudo = metrics["pseudo_miou"]
+                log.info("round %d: %d images labelled, %d skipped, pseudo-label mIoU %s, %.1f s", epoch,
+                         len(labelled), sum(summary.skipped.values()), f"{pseudo:.4f}" if pseudo is not None else "-",
+                         summary.seconds)
         training_set.label_round = label_round_index
         training_set.annotations = mask_images + [a for a in box_images if a.image_id in set(labelled)]
         training_set.epoch = epoch
@@ -216,6 +221,14 @@ def train_worker(job: dict[str, Any]) -> None:
     if ctx.rank == 0 and confusion is not None:
         result = final_artifacts(job, logger, model, confusion, classes, annotations, train_data, rounds)
         write_text_atomic(Path(job["run_dir"]) / "result.json", json.dumps(result, indent=2))
+
+
+def quiet_ray_train_reports() -> None:
+    """Inside Ray: our own INFO lines to the driver, not Ray Train's line per report and worker."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import ray.train.v2._internal.execution.context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
 def inject_failure(job: dict[str, Any], epoch: int, rank: int) -> None:
