@@ -111,10 +111,18 @@ def save_state(directory: Path, model, optimizer, scheduler, epoch: int, label_r
     torch.save(state, directory / "state.pt")
 
 
+def label_evolution_rows(annotations, dataset, labels: LabelStore, rounds: list[int], n_images: int = 4):
+    """Rows for the label-evolution figure: a few box-supervised images across rounds."""
+    picked = [a for a in annotations if a.supervision == Supervision.BOX and labels.has(rounds[0], a.image_id)]
+    rows = []
+    for ann in picked[:n_images]:
+        maps = [(f"round {r}", labels.read(r, ann.image_id)) for r in rounds if labels.has(r, ann.image_id)]
+        rows.append((ann.image_id, dataset.image(ann.image_id), dataset.mask(ann.image_id), maps))
+    return rows
+
+
 def final_artifacts(job, logger: RunLogger, model, confusion: ConfusionMatrix, classes, annotations, dataset, rounds: list[int]) -> dict:
     """Rank 0 after the last epoch: per-class IoU, figures, the checkpoint, result.json."""
-    from boxsup.trainers.run import label_evolution_rows
-
     run_dir = Path(job["run_dir"])
     names = ["background", *classes]
     scores = confusion.compute()

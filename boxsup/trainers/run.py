@@ -81,16 +81,6 @@ def ensure_proposals(cfg: dict[str, Any], dataset: VOCDataset, progress: bool) -
     return store
 
 
-def label_evolution_rows(annotations, dataset, labels: LabelStore, rounds: list[int], n_images: int = 4):
-    """Rows for the label-evolution figure: a few box-supervised images across rounds."""
-    picked = [a for a in annotations if a.supervision == Supervision.BOX and labels.has(rounds[0], a.image_id)]
-    rows = []
-    for ann in picked[:n_images]:
-        maps = [(f"round {r}", labels.read(r, ann.image_id)) for r in rounds if labels.has(r, ann.image_id)]
-        rows.append((ann.image_id, dataset.image(ann.image_id), dataset.mask(ann.image_id), maps))
-    return rows
-
-
 def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
     """A copy of the config whose paths no longer depend on the working directory (for workers)."""
     out = copy.deepcopy(cfg)
@@ -102,6 +92,9 @@ def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         out["tracking"]["uri"] = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
     out["output"]["dir"] = str(Path(cfg["output"]["dir"]).resolve())
+    for section, key in (("proposals", "store"), ("data", "mask_list")):
+        if cfg[section][key]:
+            out[section][key] = str(Path(cfg[section][key]).resolve())
     return out
 
 
