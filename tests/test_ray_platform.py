@@ -140,3 +140,20 @@ def test_a_failed_train_worker_recovers_from_its_checkpoint(ray_session, labelle
     assert run.info.status == "FINISHED"
     assert history == {"train_loss": [0, 1, 2], "pseudo_miou": [0, 1, 2]}
     assert (tmp_path / "runs" / "r" / ".failed-after-epoch-1").exists()  # the failure did happen
+
+
+def test_in_process_mode_resumes_too(labelled_setup, tmp_path, monkeypatch):
+    """ray.num_workers 0: the same loop in this process, checkpoints under the run directory."""
+    from boxsup.config import load_config
+    from boxsup.trainers.run import run_boxsup
+
+    root = labelled_setup[0]
+    cfg = load_config(tiny_config(tmp_path, root / "data", ray__num_workers=0))
+    monkeypatch.setenv("BOXSUP_FAIL_AFTER_EPOCH", "1")
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_boxsup(cfg, progress=False)
+    monkeypatch.delenv("BOXSUP_FAIL_AFTER_EPOCH")
+    result = run_boxsup({}, progress=False, resume=tmp_path / "runs" / "r")
+    run, history = single_run(tmp_path)
+    assert run.info.status == "FINISHED" and history == {"train_loss": [0, 1, 2], "pseudo_miou": [0, 1, 2]}
+    assert len(result.pseudo_miou) == 3

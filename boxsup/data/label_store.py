@@ -34,5 +34,10 @@ class LabelStore:
         with Image.open(path) as im:
             return np.asarray(im).astype(np.uint8)
 
+    def rounds(self, up_to: int) -> list[int]:
+        """The rounds that have a directory here, up to and including ``up_to``."""
+        found = (int(p.name.split("_")[1]) for p in self.root.glob("round_*") if p.name.split("_")[1].isdigit())
+        return sorted(r for r in found if r <= up_to)
+
     def has(self, round_index: int, image_id: str) -> bool:
         return self.path(round_index, image_id).is_file()

@@ -1,7 +1,8 @@
 """Where a training loop runs: one process (``LocalContext``) or a Ray Train worker (``RayTrainContext``).
 
 The loop in ``boxsup.trainers.loop`` talks only to this interface: its rank and world size, its
-device, collectives on numpy arrays, DDP wrapping, and reporting a checkpoint directory.
+device, collectives on numpy arrays, DDP wrapping, reporting a checkpoint directory and loading
+the last one back.
 """
 
 from __future__ import annotations
@@ -37,17 +38,17 @@ class LocalContext:
     def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
-    def latest_checkpoint(self) -> Path | None:
-        path = self.run_dir / "checkpoints" / "latest"
-        return path if (path / "state.pt").is_file() else None
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        path = self.run_dir / "checkpoints" / "latest" / "state.pt"
+        return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         if checkpoint_dir is None:
             return
         target = self.run_dir / "checkpoints" / "latest"
-        staging = Path(tempfile.mkdtemp(dir=target.parent if target.parent.exists() else None))
-        shutil.copytree(checkpoint_dir, staging, dirs_exist_ok=True)
         target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+        shutil.copytree(checkpoint_dir, staging, dirs_exist_ok=True)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -92,15 +93,15 @@ class RayTrainContext:
 
         return ray.train.torch.prepare_model(model, move_to_device=False)
 
-    def latest_checkpoint(self) -> Path | None:
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The state of the last reported checkpoint: after a worker failure, or on --resume."""
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        local = Path(tempfile.mkdtemp(prefix="boxsup-restore-"))
-        checkpoint.to_directory(str(local))
-        return local
+        with checkpoint.as_directory() as directory:
+            return torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=False)
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         import ray.train

@@ -166,9 +166,8 @@ def train_worker(job: dict[str, Any]) -> None:
     optimizer = torch.optim.SGD(parameter_groups(model, t["lr"]), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t["lr_step"], gamma=t["lr_gamma"])
     start_epoch, label_round_index, labelled = 0, 0, []
-    restored = ctx.latest_checkpoint()
-    if restored is not None:
-        state = torch.load(restored / "state.pt", map_location="cpu", weights_only=False)
+    state = ctx.load_checkpoint()
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -180,7 +179,7 @@ def train_worker(job: dict[str, Any]) -> None:
     logger = RunLogger(job["tracking_uri"], job["mlflow_run_id"]) if ctx.rank == 0 else None
     labels = LabelStore(job["label_store"])
     training_set = TrainingSet(train_data, annotations, labels, cfg["data"]["crop_size"], seed)
-    rounds = sorted(int(p.name.split("_")[1]) for p in Path(job["label_store"]).glob("round_*") if int(p.name.split("_")[1]) <= label_round_index) if restored else []
+    rounds = labels.rounds(up_to=label_round_index) if state is not None else []
     confusion = None
 
     for epoch in range(start_epoch, t["epochs"]):
@@ -197,7 +196,8 @@ def train_worker(job: dict[str, Any]) -> None:
                          len(labelled), sum(summary.skipped.values()), f"{pseudo:.4f}" if pseudo is not None else "-",
                          summary.seconds)
         training_set.label_round = label_round_index
-        training_set.annotations = mask_images + [a for a in box_images if a.image_id in set(labelled)]
+        labelled_ids = set(labelled)
+        training_set.annotations = mask_images + [a for a in box_images if a.image_id in labelled_ids]
         training_set.epoch = epoch
         sampler = DistributedSampler(training_set, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
@@ -218,9 +218,7 @@ def train_worker(job: dict[str, Any]) -> None:
                 save_state(Path(tmp), model, optimizer, scheduler, epoch, label_round_index, labelled)
             ctx.report({k: v for k, v in metrics.items() if v is not None} | {"epoch": epoch},
                        Path(tmp) if ctx.rank == 0 else None)
-        if logger is not None:
-            round_keys = ("pseudo_miou", "mean_chosen_cost", "skipped_images", "label_update_seconds")
-            logger.log_metrics({k: metrics.pop(k) for k in round_keys if k in metrics}, step=epoch)
+        if logger is not None:  # after the checkpoint: a restarted epoch never logs twice
             logger.log_metrics(metrics, step=epoch)
             log.info("epoch %d: loss %.4f%s", epoch, loss,
                      f", val mIoU {metrics['val_miou']:.4f}" if "val_miou" in metrics else "")
