@@ -1,6 +1,6 @@
 """Recall of ground-truth objects by each proposal method: best-candidate mask IoU >= 0.5 and >= 0.7.
 
-    python benchmarks/proposal_recall.py --data demo_data --classes classes.txt --split train
+    python benchmarks/proposal_recall.py --data demo_data --split train
 
 Builds (or reuses) a proposal store per method under --stores and prints a markdown table.
 """
@@ -22,7 +22,7 @@ from boxsup.proposals.store import ProposalStore
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--classes", default="voc")
+    parser.add_argument("--classes", default="auto")
     parser.add_argument("--split", default="train")
     parser.add_argument("--stores", default="runs/bench_stores")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     prop.add_argument("--split", default="train")
     prop.add_argument("--method", choices=("ss", "grabcut", "rectangles"), default="ss")
     prop.add_argument("--out", required=True, help="store directory")
-    prop.add_argument("--classes", default="voc", help="'voc', or a file of class names relative to --data")
+    prop.add_argument("--classes", default="auto",
+                      help="auto (<data>/classes.txt if present, else the VOC classes), voc, or a file of names")
     prop.add_argument("--max-candidates", type=int, default=2000)
     prop.add_argument("--seed", type=int, default=0)
     prop.set_defaults(func=_cmd_proposals)

@@ -19,7 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "data": {
         "root": None,  # a dataset in the VOC layout
-        "classes": "voc",  # "voc" (the 20 VOC classes), a list of names, or a text file, one per line
+        "classes": "auto",  # auto: <root>/classes.txt if present, else the 20 VOC classes; voc; a list; a file
         "train_split": "train",
         "val_split": "val",
         "supervision": "box",  # mask | box | semi
@@ -124,7 +124,7 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
     if key == "data.classes":
         if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
             return value
-        raise BoxSupError(f"config key data.classes: expected 'voc', a file path or a list of names, got {value!r}")
+        raise BoxSupError(f"config key data.classes: expected 'auto', 'voc', a file path or a list of names, got {value!r}")
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -195,19 +195,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def resolve_classes(cfg: dict[str, Any]) -> tuple[str, ...]:
-    """The class names of ``data.classes``: 'voc', a list, or a file (relative paths: to data.root)."""
+    """The class names of ``data.classes``: 'auto', 'voc', a list, or a file (relative paths: to data.root).
+
+    'auto' reads ``<data.root>/classes.txt`` (one name per line, in label-id order) when the dataset
+    has one, and takes the 20 PASCAL VOC classes otherwise.
+    """
     from boxsup.data.voc import VOC_CLASSES
 
     spec = cfg["data"]["classes"]
     if isinstance(spec, list):
         return tuple(spec)
+    if spec == "auto":
+        spec = "classes.txt" if (Path(cfg["data"]["root"]) / "classes.txt").is_file() else "voc"
     if spec == "voc":
         return VOC_CLASSES
     path = Path(spec)
     if not path.is_absolute() and not path.is_file():
         path = Path(cfg["data"]["root"]) / spec
     if not path.is_file():
-        raise BoxSupError(f"config key data.classes: {spec!r} is neither 'voc' nor an existing file")
+        raise BoxSupError(f"config key data.classes: {spec!r} is neither 'auto', 'voc' nor an existing file")
     names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     if not names:
         raise BoxSupError(f"{path}: class list is empty")

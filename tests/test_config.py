@@ -68,5 +68,11 @@ def test_class_lists(tmp_path):
     assert resolve_classes(cfg) == ("cat", "dog")
     assert len(resolve_classes(load_config(None, ["data.root=/d"]))) == 20
     assert resolve_classes(load_config(None, ["data.root=/d", "data.classes=[a, b]"])) == ("a", "b")
-    with pytest.raises(BoxSupError, match="neither 'voc' nor an existing file"):
+    with pytest.raises(BoxSupError, match="neither 'auto', 'voc' nor an existing file"):
         resolve_classes(load_config(None, [f"data.root={tmp_path}", "data.classes=missing.txt"]))
+
+
+def test_auto_classes_read_the_dataset_list_or_fall_back_to_voc(tmp_path):
+    assert len(resolve_classes(load_config(None, [f"data.root={tmp_path}"]))) == 20
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    assert resolve_classes(load_config(None, [f"data.root={tmp_path}"])) == ("cat", "dog")
