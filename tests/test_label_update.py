@@ -106,3 +106,13 @@ def test_worker_means_round_trip_to_sums(tmp_path):
     means = atom_mean_costs(costs, boxed.pool.atoms, ann.labels_array())
     assert means.dtype == np.float16
     np.testing.assert_allclose(boxed.sums_from_means(means), boxed.loss_sums(costs), rtol=2e-3)
+
+
+def test_a_corrupt_proposal_file_is_a_counted_skip(tmp_path):
+    ds, anns, store = make_data(tmp_path)
+    store.path("i1").write_bytes(b"not an npz")
+    torch.manual_seed(0)
+    summary, maps = run_round(tmp_path, ds, anns, store, build_model("small", ds.num_classes, "none"), 0, "x")
+    assert summary.labelled == ["i0"]
+    reasons = list(summary.skipped)
+    assert any("i1.npz: corrupt proposal file" in r for r in reasons) and summary.skipped["no box"] == 1

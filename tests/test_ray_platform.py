@@ -157,3 +157,13 @@ def test_in_process_mode_resumes_too(labelled_setup, tmp_path, monkeypatch):
     run, history = single_run(tmp_path)
     assert run.info.status == "FINISHED" and history == {"train_loss": [0, 1, 2], "pseudo_miou": [0, 1, 2]}
     assert len(result.pseudo_miou) == 3
+
+
+def test_a_users_mistake_found_on_a_worker_is_one_line(ray_session, tmp_path, capsys):
+    generate_dataset(tmp_path / "data", n_images=8, size=64, seed=9)
+    val_id = (tmp_path / "data" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
+    (tmp_path / "data" / "JPEGImages" / f"{val_id}.jpg").write_bytes(b"\xff\xd8 truncated")
+    config = tiny_config(tmp_path, tmp_path / "data", train__epochs=1)
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("boxsup: error:") and f"{val_id}.jpg: cannot decode image" in err

@@ -27,6 +27,7 @@ from boxsup.assign import EmptyPoolError, assign_labels, image_rng
 from boxsup.data.annotations import IGNORE, ImageAnnotation
 from boxsup.data.label_store import LabelStore
 from boxsup.data.voc import VOCDataset
+from boxsup.errors import BoxSupError
 from boxsup.proposals.store import ProposalStore
 from boxsup.assign.cache import BoxedPoolCache
 
@@ -84,6 +85,8 @@ class Assigner:
             boxed = self.pools.get(ann)
         except EmptyPoolError:
             return ImageResult(image_id, skipped="empty candidate pool")
+        except BoxSupError as exc:  # a missing or corrupt proposal file: this image sits the round out
+            return ImageResult(image_id, skipped=str(exc))
         rng = image_rng(self.spec.seed, round_index, image_id)
         loss_sums = boxed.sums_from_means(atom_means) if atom_means is not None else None
         result = assign_labels(boxed, loss_sums, self.spec.lam if loss_sums is not None else 0.0, self.spec.k, rng)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ def fit_with_ray(job: dict[str, Any], spec: AssignmentSpec, run_name: str, run_d
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
+        user_error = re.search(r"BoxSupError: (.+)", str(exc))
+        if user_error:  # a user's mistake found on a worker (a corrupt image, say): say just that
+            raise BoxSupError(user_error.group(1).strip()) from None
         raise BoxSupError(f"training failed ({str(exc).splitlines()[0]}); continue with `boxsup train --resume {run_dir}`") from None
     finally:
         pool.kill()

@@ -29,6 +29,7 @@ from boxsup.config import resolve_classes
 from boxsup.data.annotations import ImageAnnotation, Supervision
 from boxsup.data.label_store import LabelStore
 from boxsup.data.voc import VOCDataset
+from boxsup.errors import BoxSupError
 from boxsup.evaluation.evaluate import evaluate
 from boxsup.evaluation.figures import confusion_figure, label_evolution_figure
 from boxsup.evaluation.metrics import ConfusionMatrix
@@ -75,10 +76,14 @@ def label_round(
     mine = box_images[ctx.rank :: ctx.world]
     for ann in tqdm(mine, desc=f"labels[round {round_index}]", leave=False, disable=not progress, unit="img"):
         sums = None
-        if use_network and ann.boxes:
-            atoms = split_atoms_by_boxes(store.load_atoms(ann.image_id), ann.boxes_array())[0]
-            costs = pixel_costs(model, dataset.image(ann.image_id), ctx.device, kind)
-            sums = atom_mean_costs(costs, atoms, ann.labels_array())
+        if use_network and ann.boxes and store.has(ann.image_id):
+            try:
+                atoms = split_atoms_by_boxes(store.load_atoms(ann.image_id), ann.boxes_array())[0]
+            except BoxSupError:
+                atoms = None  # a corrupt proposal file: the actor reports the image as skipped
+            if atoms is not None:
+                costs = pixel_costs(model, dataset.image(ann.image_id), ctx.device, kind)
+                sums = atom_mean_costs(costs, atoms, ann.labels_array())
         pool.submit(round_index, ann.image_id, sums)
     results = pool.collect()
     n = dataset.num_classes
