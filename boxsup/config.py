@@ -142,7 +142,8 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
     raise BoxSupError(f"config key {key}: expected {type(default).__name__}, got {value!r}")
 
 
-def _set(cfg: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+def set_key(cfg: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    """Set one dotted key of ``cfg`` after checking it exists and the value fits; ``source`` names the origin."""
     defaults = flatten(DEFAULTS)
     if dotted not in defaults:
         close = [k for k in defaults if k.split(".")[-1] == dotted.split(".")[-1]]
@@ -171,24 +172,30 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise BoxSupError(f"--set {text!r}: value is not valid YAML") from None
 
 
+def read_yaml_mapping(path: str | Path, what: str, holds: str) -> dict[Any, Any]:
+    """A YAML file whose top level is a mapping; one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BoxSupError(f"{path}: {what} not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise BoxSupError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise BoxSupError(f"{path}: top level must be a mapping of {holds}")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Defaults, then the YAML file, then ``--set`` overrides; every key and value validated."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise BoxSupError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise BoxSupError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise BoxSupError(f"{path}: top level must be a mapping of config keys")
+        loaded = read_yaml_mapping(path, "config file", "config keys")
         for key, value in flatten(loaded).items():
-            _set(cfg, key, value, str(path))
+            set_key(cfg, key, value, str(path))
     for text in overrides or []:
         key, value = parse_override(text)
-        _set(cfg, key, value, f"--set {text}")
+        set_key(cfg, key, value, f"--set {text}")
     if cfg["data"]["root"] is None:
         raise BoxSupError("config key data.root: not set (give the dataset directory, VOC layout)")
     return cfg
