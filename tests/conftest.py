@@ -11,3 +11,33 @@ def ray_session():
         ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """Write a tiny run config (64 px, small FCN, 3 epochs, 2 Train workers, 2 actors); returns its path.
+
+    Overrides as section__key=value; MLflow goes to <tmp>/mlflow.db, experiment "tiny", run "r".
+    """
+    import yaml
+
+    def write(data_root, **overrides):
+        cfg = {
+            "seed": 1,
+            "data": {"root": str(data_root), "crop_size": 64},
+            "proposals": {"method": "ss", "max_candidates": 200},
+            "model": {"backbone": "small", "weights": "none"},
+            "train": {"epochs": 3, "batch_size": 4, "lr": 0.01, "lr_step": 2, "num_threads": 1},
+            "ray": {"num_workers": 2, "max_failures": 0},
+            "assign": {"num_actors": 2},
+            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "tiny", "run_name": "r"},
+            "output": {"dir": str(tmp_path / "runs")},
+        }
+        for key, value in overrides.items():
+            section, name = key.split("__")
+            cfg[section][name] = value
+        path = tmp_path / "tiny.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    return write

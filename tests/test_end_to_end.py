@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from boxsup.cli import main
@@ -16,26 +15,9 @@ def tiny_data(tmp_path_factory):
     return root
 
 
-def tiny_config(tmp_path, data_root, **extra):
-    cfg = {
-        "seed": 1,
-        "data": {"root": str(data_root), "classes": "classes.txt", "supervision": "box", "crop_size": 64},
-        "proposals": {"method": "ss", "max_candidates": 200},
-        "model": {"backbone": "small", "weights": "none"},
-        "train": {"epochs": 3, "batch_size": 4, "lr": 0.01, "lr_step": 2, "num_threads": 2},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "tiny"},
-        "output": {"dir": str(tmp_path / "runs")},
-    }
-    for key, value in extra.items():
-        section, name = key.split("__")
-        cfg[section][name] = value
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def test_tiny_boxsup_run_is_tracked_and_evaluable(tmp_path, tiny_data, capsys):
-    config = tiny_config(tmp_path, tiny_data)
+def test_tiny_boxsup_run_is_tracked_and_evaluable(ray_session, tmp_path, tiny_data, tiny_config, capsys):
+    """Two Ray Train workers and two assignment actors, end to end."""
+    config = tiny_config(tiny_data)
     assert main(["train", "--config", str(config), "--set", "tracking.run_name=tiny"]) == 0
     out = capsys.readouterr().out
     assert "val mIoU" in out and "pseudo-label mIoU by round" in out
@@ -63,8 +45,8 @@ def test_tiny_boxsup_run_is_tracked_and_evaluable(tmp_path, tiny_data, capsys):
     assert "mIoU" in capsys.readouterr().out
 
 
-def test_user_mistakes_are_one_line_errors(tmp_path, tiny_data, capsys):
-    config = tiny_config(tmp_path, tiny_data)
+def test_user_mistakes_are_one_line_errors(tmp_path, tiny_data, tiny_config, capsys):
+    config = tiny_config(tiny_data)
     assert main(["train", "--config", str(config), "--set", "assign.k=zero"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("boxsup: error:") and "assign.k" in err and "\n" not in err

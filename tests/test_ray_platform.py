@@ -2,11 +2,9 @@
 
 import numpy as np
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from boxsup.cli import main
-from boxsup.config import resolve_classes
 from boxsup.data.label_store import LabelStore
 from boxsup.data.synth import DEMO_CLASSES, generate_dataset
 from boxsup.data.voc import VOCDataset
@@ -85,36 +83,16 @@ def test_a_killed_actor_is_replaced_and_its_images_redone(ray_session, labelled_
     assert all(labels.has(1, i) for i in dataset.ids)
 
 
-def tiny_config(tmp_path, data_root, **overrides):
-    cfg = {
-        "seed": 2,
-        "data": {"root": str(data_root), "classes": list(DEMO_CLASSES), "crop_size": 64},
-        "proposals": {"method": "ss", "max_candidates": 200, "store": str(tmp_path / "store")},
-        "model": {"backbone": "small", "weights": "none"},
-        "train": {"epochs": 3, "batch_size": 4, "lr": 0.01, "num_threads": 1},
-        "ray": {"num_workers": 2, "max_failures": 0},
-        "assign": {"num_actors": 2},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "ray-tests", "run_name": "r"},
-        "output": {"dir": str(tmp_path / "runs")},
-    }
-    for key, value in overrides.items():
-        section, name = key.split("__")
-        cfg[section][name] = value
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 def single_run(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("ray-tests").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     history = {k: [m.step for m in client.get_metric_history(run.info.run_id, k)] for k in ("train_loss", "pseudo_miou")}
     return run, history
 
 
-def test_interrupted_run_resumes_in_the_same_mlflow_run(ray_session, labelled_setup, tmp_path, monkeypatch, capsys):
+def test_interrupted_run_resumes_in_the_same_mlflow_run(ray_session, labelled_setup, tmp_path, tiny_config, monkeypatch, capsys):
     root = labelled_setup[0]
-    config = tiny_config(tmp_path, root / "data")
+    config = tiny_config(root / "data")
     monkeypatch.setenv("BOXSUP_FAIL_AFTER_EPOCH", "0")
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err
@@ -131,9 +109,9 @@ def test_interrupted_run_resumes_in_the_same_mlflow_run(ray_session, labelled_se
     assert rounds == ["round_000", "round_001", "round_002"]
 
 
-def test_a_failed_train_worker_recovers_from_its_checkpoint(ray_session, labelled_setup, tmp_path, monkeypatch):
+def test_a_failed_train_worker_recovers_from_its_checkpoint(ray_session, labelled_setup, tmp_path, tiny_config, monkeypatch):
     root = labelled_setup[0]
-    config = tiny_config(tmp_path, root / "data", ray__max_failures=1)
+    config = tiny_config(root / "data", ray__max_failures=1)
     monkeypatch.setenv("BOXSUP_FAIL_AFTER_EPOCH", "1")
     assert main(["train", "--config", str(config)]) == 0
     run, history = single_run(tmp_path)
@@ -142,13 +120,13 @@ def test_a_failed_train_worker_recovers_from_its_checkpoint(ray_session, labelle
     assert (tmp_path / "runs" / "r" / ".failed-after-epoch-1").exists()  # the failure did happen
 
 
-def test_in_process_mode_resumes_too(labelled_setup, tmp_path, monkeypatch):
+def test_in_process_mode_resumes_too(labelled_setup, tmp_path, tiny_config, monkeypatch):
     """ray.num_workers 0: the same loop in this process, checkpoints under the run directory."""
     from boxsup.config import load_config
     from boxsup.trainers.run import run_boxsup
 
     root = labelled_setup[0]
-    cfg = load_config(tiny_config(tmp_path, root / "data", ray__num_workers=0))
+    cfg = load_config(tiny_config(root / "data", ray__num_workers=0))
     monkeypatch.setenv("BOXSUP_FAIL_AFTER_EPOCH", "1")
     with pytest.raises(RuntimeError, match="injected failure"):
         run_boxsup(cfg, progress=False)
@@ -159,11 +137,11 @@ def test_in_process_mode_resumes_too(labelled_setup, tmp_path, monkeypatch):
     assert len(result.pseudo_miou) == 3
 
 
-def test_a_users_mistake_found_on_a_worker_is_one_line(ray_session, tmp_path, capsys):
+def test_a_users_mistake_found_on_a_worker_is_one_line(ray_session, tmp_path, tiny_config, capsys):
     generate_dataset(tmp_path / "data", n_images=8, size=64, seed=9)
     val_id = (tmp_path / "data" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
     (tmp_path / "data" / "JPEGImages" / f"{val_id}.jpg").write_bytes(b"\xff\xd8 truncated")
-    config = tiny_config(tmp_path, tmp_path / "data", train__epochs=1)
+    config = tiny_config(tmp_path / "data", train__epochs=1)
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("boxsup: error:") and f"{val_id}.jpg: cannot decode image" in err
