@@ -149,7 +149,10 @@ def set_key(cfg: dict[str, Any], dotted: str, value: Any, source: str) -> None:
         close = [k for k in defaults if k.split(".")[-1] == dotted.split(".")[-1]]
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise BoxSupError(f"{source}: unknown config key {dotted!r}{hint}")
-    value = _check_type(dotted, value, defaults[dotted])
+    try:
+        value = _check_type(dotted, value, defaults[dotted])
+    except BoxSupError as exc:
+        raise BoxSupError(f"{source}: {exc}") from None
     if dotted in CHOICES and value not in CHOICES[dotted]:
         raise BoxSupError(f"{source}: config key {dotted}: {value!r} is not one of {', '.join(CHOICES[dotted])}")
     if dotted in POSITIVE and value <= 0:

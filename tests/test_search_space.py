@@ -73,8 +73,10 @@ def test_apply_trial_sets_and_validates():
     out = apply_trial(cfg, {"assign.lam": 10, "proposals.method": "grabcut", "train.lr": 0.01})
     assert (out["assign"]["lam"], out["proposals"]["method"], out["train"]["lr"]) == (10.0, "grabcut", 0.01)
     assert cfg == DEFAULTS  # the input is left alone
-    with pytest.raises(BoxSupError, match="assign.k"):
+    with pytest.raises(BoxSupError, match="^sweep trial: config key assign.k: must be > 0"):
         apply_trial(cfg, {"assign.k": 0})
+    with pytest.raises(BoxSupError, match="^sweep trial: config key assign.k: expected int"):
+        apply_trial(cfg, {"assign.k": 2.5})
     with pytest.raises(BoxSupError, match="assign.kk"):
         apply_trial(cfg, {"assign.kk": 5})
 
@@ -130,3 +132,13 @@ def test_shipped_spaces_load(path):
 
 def test_shipped_spaces_exist():
     assert {p.name for p in SPACES} >= {"lambda_k.yaml", "proposals.yaml", "supervision.yaml", "demo.yaml"}
+
+
+def test_tune_expands_a_shipped_grid_into_valid_configs():
+    from ray.tune.search.variant_generator import generate_variants
+
+    space = load_search_space(SPACES[0].parent / "lambda_k.yaml")
+    trials = [params for _, params in generate_variants(space.params)]
+    assert len(trials) == 9
+    configs = [apply_trial(DEFAULTS, params) for params in trials]
+    assert {(c["assign"]["lam"], c["assign"]["k"]) for c in configs} == {(lam, k) for lam in (1.0, 3.0, 10.0) for k in (1, 5, 10)}

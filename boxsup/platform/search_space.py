@@ -79,7 +79,7 @@ def apply_trial(cfg: dict[str, Any], trial_params: dict[str, Any], source: str =
     """A deep copy of the full config ``cfg`` with each dotted key of ``trial_params`` set and validated."""
     out = copy.deepcopy(cfg)
     for key, value in trial_params.items():
-        set_key(out, key, value, source)
+        _set_checked(out, key, value, source)
     return out
 
 
@@ -132,15 +132,20 @@ def _bounds(source: str, key: str, name: str, args: Any) -> tuple[float, float]:
 
 
 def _accepted(source: str, key: str, value: Any) -> Any:
-    """``value`` as boxsup.config validates and stores it under ``key``; its error, prefixed by ``source``."""
+    """``value`` as boxsup.config validates and stores it under ``key``."""
     scratch = copy.deepcopy(DEFAULTS)
+    _set_checked(scratch, key, value, source)
+    return flatten(scratch)[key]
+
+
+def _set_checked(cfg: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """``set_key``, its every error starting with ``source`` (its type errors name only the key)."""
     try:
-        set_key(scratch, key, value, source)
+        set_key(cfg, key, value, source)
     except BoxSupError as exc:
         message = str(exc)
         message = message if message.startswith(source) else f"{source}: {message}"
         raise BoxSupError(f"{message}{_yaml_float_hint([value])}") from None
-    return flatten(scratch)[key]
 
 
 def _resources(source: str, spec: Any) -> dict[str, float]:
