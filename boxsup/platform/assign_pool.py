@@ -115,9 +115,6 @@ class Assigner:
         flat = np.bincount(hist.indices * n + atom_labels[rows], weights=hist.data, minlength=n * n)
         return {int(i): int(flat[i]) for i in np.flatnonzero(flat)}
 
-    def ping(self) -> bool:
-        return True
-
 
 AssignmentActor = ray.remote(Assigner)
 

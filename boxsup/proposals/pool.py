@@ -15,12 +15,6 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def relabel_consecutive(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Map arbitrary integer labels to 0..n-1; returns (new labels, the original value of each id)."""
-    values, inverse = np.unique(labels, return_inverse=True)
-    return inverse.reshape(labels.shape).astype(np.int32), values
-
-
 def atom_boxes(atoms: np.ndarray, n_atoms: int) -> np.ndarray:
     """Tight box of every atom as (x0, y0, x1, y1), end-exclusive; empty atoms get (W, H, 0, 0)."""
     h, w = atoms.shape
