@@ -4,7 +4,34 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def s3_endpoint():
+    """An S3 API (moto in server mode) on loopback; its URL and fake credentials are in os.environ.
+
+    Started before the session's Ray (``ray_session`` asks for it): Ray's workers and actors inherit
+    the environment of the process that called ``ray.init``, so they reach the same endpoint.
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):  # a developer's own AWS setup stays out of it
+            env.delenv(name, raising=False)
+        env.setenv("AWS_ENDPOINT_URL", url)  # honoured by botocore (hence s3fs) and by pyarrow
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_endpoint):
     import ray
 
     if not ray.is_initialized():
