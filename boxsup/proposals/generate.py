@@ -68,8 +68,9 @@ def build_store(
     store.write_meta(meta)
     make = generator(method, max_candidates, seed)
     report = BuildReport()
+    stored = store.stored_ids()  # one listing, not a request per image (object stores)
     for image_id in tqdm(dataset.ids, desc=f"proposals[{method}]", disable=not progress, unit="img"):
-        if store.has(image_id):
+        if image_id in stored:
             report.reused += 1
             continue
         pool = make(dataset.image(image_id), dataset.annotation(image_id).boxes_array())
