@@ -9,7 +9,7 @@ from boxsup.config import load_config
 from boxsup.data.synth import generate_dataset
 from boxsup.platform.tracking import tracking_uri
 from boxsup.trainers.run import RunResult, run_boxsup
-from boxsup.utils.files import write_text_atomic
+from boxsup.utils.storage import open_location
 
 # (name in the table, config overrides)
 VARIANTS: list[tuple[str, list[str]]] = [
@@ -54,7 +54,7 @@ def run_demo(config: str | Path, data_dir: Path, overrides: list[str] | None = N
         results.append((name, result, time.perf_counter() - started))
     table = results_table(results)
     print("\n" + table)
-    out = Path(cfg["output"]["dir"]) / "demo_results.md"
-    write_text_atomic(out, table + "\n")
-    print(f"\n(saved to {out}; every run is in MLflow: `mlflow ui --backend-store-uri {tracking_uri(cfg['tracking']['uri'])}`)")
+    output = open_location(cfg["output"]["dir"])  # a local directory or a URI
+    output.write_bytes("demo_results.md", (table + "\n").encode())
+    print(f"\n(saved to {output.path('demo_results.md')}; every run is in MLflow: `mlflow ui --backend-store-uri {tracking_uri(cfg['tracking']['uri'])}`)")
     return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from boxsup.errors import BoxSupError
 from boxsup.evaluation.inference import predict_label_map
 from boxsup.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from boxsup.models import build_model
+from boxsup.utils.storage import read_file
 
 
 def evaluate(
@@ -38,11 +40,13 @@ def evaluate(
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise BoxSupError(f"{path}: checkpoint not found")
+    """A saved ``checkpoint.pt``, from a local path or a URI (``s3://bucket/runs/<run>/checkpoint.pt``)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        data = read_file(path)
+    except (FileNotFoundError, IsADirectoryError):
+        raise BoxSupError(f"{path}: checkpoint not found") from None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a damaged file
         raise BoxSupError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
 

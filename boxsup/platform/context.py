@@ -7,23 +7,24 @@ the last one back.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from boxsup.utils.storage import open_location
+
 
 class LocalContext:
-    """A single process; checkpoints go to ``<run dir>/checkpoints/latest``."""
+    """A single process; checkpoints go to ``<run dir>/checkpoints/latest`` (a local path or a URI)."""
 
     rank = 0
     world = 1
 
-    def __init__(self, run_dir: Path, device: torch.device):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path, device: torch.device):
+        self.run_dir = open_location(run_dir)
         self.device = device
 
     def all_reduce(self, array: np.ndarray) -> np.ndarray:
@@ -39,19 +40,17 @@ class LocalContext:
         return model
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        path = self.run_dir / "checkpoints" / "latest" / "state.pt"
-        return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+        try:
+            data = self.run_dir.read_bytes("checkpoints/latest/state.pt")
+        except FileNotFoundError:
+            return None
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         if checkpoint_dir is None:
             return
-        target = self.run_dir / "checkpoints" / "latest"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
-        shutil.copytree(checkpoint_dir, staging, dirs_exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        for file in sorted(Path(checkpoint_dir).iterdir()):  # state.pt: each file replaced atomically
+            self.run_dir.upload(file, f"checkpoints/latest/{file.name}")
 
 
 class RayTrainContext:

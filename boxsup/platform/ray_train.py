@@ -16,6 +16,7 @@ from ray.train.torch import TorchTrainer
 from boxsup.errors import BoxSupError
 from boxsup.platform.assign_pool import AssignmentPool, AssignmentSpec
 from boxsup.trainers.loop import train_worker
+from boxsup.utils.storage import open_location
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +37,20 @@ def init_ray(cfg: dict[str, Any]) -> None:
     ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)))
 
 
-def fit_with_ray(job: dict[str, Any], spec: AssignmentSpec, run_name: str, run_dir: Path) -> None:
+def fit_with_ray(job: dict[str, Any], spec: AssignmentSpec, run_name: str, run_dir: str | Path) -> None:
     """One ``TorchTrainer.fit``; resumes from the run's last Ray Train checkpoint when there is one."""
     cfg = job["config"]
     init_ray(cfg)
     pool = AssignmentPool(spec, cfg["assign"]["num_actors"], f"boxsup-{run_name}-{uuid.uuid4().hex[:6]}",
                           cfg["assign"]["actor_cpus"])
     r = cfg["ray"]
+    storage_path, storage_filesystem = open_location(run_dir).ray_storage("ray")  # checkpoints beside the run's files
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=job | {"pool": pool, "progress": False},  # per-batch bars become log spam through Ray
         scaling_config=ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"],
                                      resources_per_worker={"CPU": r["cpus_per_worker"]}),
-        run_config=RunConfig(name=run_name, storage_path=str(Path(run_dir).resolve() / "ray"),
+        run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
                              failure_config=FailureConfig(max_failures=r["max_failures"])),
     )
     try:

@@ -10,6 +10,7 @@ summed. Rank 0 alone logs to MLflow and writes checkpoints.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import tempfile
@@ -37,9 +38,10 @@ from boxsup.models import build_model, parameter_groups
 from boxsup.platform.tracking import RunLogger
 from boxsup.proposals.pool import split_atoms_by_boxes
 from boxsup.proposals.store import ProposalStore
+from boxsup.trainers.artifacts import publish
 from boxsup.trainers.epoch import pixel_costs, train_one_epoch
 from boxsup.trainers.training_set import TrainingSet
-from boxsup.utils.files import atomic_path, write_text_atomic
+from boxsup.utils.storage import open_location
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +78,11 @@ def label_round(
     mine = box_images[ctx.rank :: ctx.world]
     for ann in tqdm(mine, desc=f"labels[round {round_index}]", leave=False, disable=not progress, unit="img"):
         sums = None
-        if use_network and ann.boxes and store.has(ann.image_id):
-            try:
+        if use_network and ann.boxes:
+            try:  # one read, no existence check first: a request saved per image on object stores
                 atoms = split_atoms_by_boxes(store.load_atoms(ann.image_id), ann.boxes_array())[0]
             except BoxSupError:
-                atoms = None  # a corrupt proposal file: the actor reports the image as skipped
+                atoms = None  # a missing or corrupt proposal file: the actor reports the image as skipped
             if atoms is not None:
                 costs = pixel_costs(model, dataset.image(ann.image_id), ctx.device, kind)
                 sums = atom_mean_costs(costs, atoms, ann.labels_array())
@@ -118,32 +120,33 @@ def save_state(directory: Path, model, optimizer, scheduler, epoch: int, label_r
 
 def label_evolution_rows(annotations, dataset, labels: LabelStore, rounds: list[int], n_images: int = 4):
     """Rows for the label-evolution figure: a few box-supervised images across rounds."""
-    picked = [a for a in annotations if a.supervision == Supervision.BOX and labels.has(rounds[0], a.image_id)]
+    picked = (a for a in annotations if a.supervision == Supervision.BOX and labels.has(rounds[0], a.image_id))
     rows = []
-    for ann in picked[:n_images]:
+    for ann in itertools.islice(picked, n_images):  # lazily: a store request per image looked at
         maps = [(f"round {r}", labels.read(r, ann.image_id)) for r in rounds if labels.has(r, ann.image_id)]
         rows.append((ann.image_id, dataset.image(ann.image_id), dataset.mask(ann.image_id), maps))
     return rows
 
 
 def final_artifacts(job, logger: RunLogger, model, confusion: ConfusionMatrix, classes, annotations, dataset, rounds: list[int]) -> dict:
-    """Rank 0 after the last epoch: per-class IoU, figures, the checkpoint, result.json."""
-    run_dir = Path(job["run_dir"])
+    """Rank 0 after the last epoch: per-class IoU, figures, the checkpoint, made locally, into the run dir and MLflow."""
+    run_dir = open_location(job["run_dir"])
     names = ["background", *classes]
     scores = confusion.compute()
     class_iou = {name: float(v) for name, v in zip(names, scores.class_iou)}
     logger.log_metrics({f"val_iou_{n}": v for n, v in class_iou.items() if np.isfinite(v)}, step=job["config"]["train"]["epochs"])
-    confusion_figure(confusion.matrix, names, run_dir / "confusion_matrix.png")
-    logger.log_artifact(run_dir / "confusion_matrix.png", "figures")
-    if rounds:
-        chosen = sorted({rounds[0], rounds[len(rounds) // 2], rounds[-1]})
-        rows = label_evolution_rows(annotations, dataset, LabelStore(job["label_store"]), chosen)
-        if rows:
-            label_evolution_figure(rows, run_dir / "label_evolution.png")
-            logger.log_artifact(run_dir / "label_evolution.png", "figures")
-    with atomic_path(run_dir / "checkpoint.pt", suffix=".pt") as tmp:
-        torch.save({"model": model.state_dict(), "config": job["config"], "classes": list(classes)}, tmp)
-    logger.log_artifact(run_dir / "checkpoint.pt", "checkpoint")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp)
+        confusion_figure(confusion.matrix, names, local / "confusion_matrix.png")
+        publish(local / "confusion_matrix.png", run_dir, logger, "figures")
+        if rounds:
+            chosen = sorted({rounds[0], rounds[len(rounds) // 2], rounds[-1]})
+            rows = label_evolution_rows(annotations, dataset, LabelStore(job["label_store"]), chosen)
+            if rows:
+                label_evolution_figure(rows, local / "label_evolution.png")
+                publish(local / "label_evolution.png", run_dir, logger, "figures")
+        torch.save({"model": model.state_dict(), "config": job["config"], "classes": list(classes)}, local / "checkpoint.pt")
+        publish(local / "checkpoint.pt", run_dir, logger, "checkpoint")
     return {"val_miou": scores.miou, "val_pixel_accuracy": scores.pixel_accuracy, "class_iou": class_iou}
 
 
@@ -231,7 +234,7 @@ def train_worker(job: dict[str, Any]) -> None:
 
     if ctx.rank == 0 and confusion is not None:
         result = final_artifacts(job, logger, model, confusion, classes, annotations, train_data, rounds)
-        write_text_atomic(Path(job["run_dir"]) / "result.json", json.dumps(result, indent=2))
+        open_location(job["run_dir"]).write_bytes("result.json", json.dumps(result, indent=2).encode())
 
 
 def quiet_ray_train_reports() -> None:
@@ -246,8 +249,8 @@ def inject_failure(job: dict[str, Any], epoch: int, rank: int) -> None:
     """Test hook: fail once after ``job['fail_after_epoch']`` (from BOXSUP_FAIL_AFTER_EPOCH)."""
     if job.get("fail_after_epoch") != epoch or rank != 0:
         return
-    marker = Path(job["run_dir"]) / f".failed-after-epoch-{epoch}"
-    if marker.exists():
+    run_dir, marker = open_location(job["run_dir"]), f".failed-after-epoch-{epoch}"
+    if run_dir.exists(marker):
         return
-    marker.touch()
+    run_dir.write_bytes(marker, b"")
     raise RuntimeError(f"injected failure after epoch {epoch} (BOXSUP_FAIL_AFTER_EPOCH)")

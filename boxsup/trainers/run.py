@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from boxsup.platform.context import LocalContext
 from boxsup.platform.ray_train import fit_with_ray
 from boxsup.platform.tracking import RunLogger, end_run, reopen_run, start_run, tracking_uri
 from boxsup.trainers.loop import train_worker
-from boxsup.utils.files import write_text_atomic
+from boxsup.utils.storage import canonical, join, open_location
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunResult:
     run_id: str | None
-    run_dir: Path
+    run_dir: Path | str  # a URI when output.dir is one
     val_miou: float
     val_pixel_accuracy: float
     class_iou: dict[str, float]
@@ -69,13 +70,13 @@ def proposal_store(cfg: dict[str, Any], dataset: VOCDataset) -> ProposalStore:
         return ProposalStore(cfg["proposals"]["store"])
     key = hashlib.sha1(str(dataset.root.resolve()).encode()).hexdigest()[:8]
     name = f"{dataset.root.resolve().name}-{key}-{dataset.split}-{cfg['proposals']['method']}"
-    return ProposalStore(Path(cfg["output"]["dir"]) / "proposals" / name)
+    return ProposalStore(join(cfg["output"]["dir"], "proposals", name))
 
 
 def ensure_proposals(cfg: dict[str, Any], dataset: VOCDataset, progress: bool) -> ProposalStore:
     """Build whatever part of the proposal store is missing (first use of a method)."""
     store = proposal_store(cfg, dataset)
-    if not all(store.has(i) for i in dataset.ids):
+    if not set(dataset.ids) <= store.stored_ids():
         log.info("building %s proposals into %s", cfg["proposals"]["method"], store.root)
         build_store(dataset, store, cfg["proposals"]["method"], cfg["proposals"]["max_candidates"], cfg["seed"], progress)
     return store
@@ -91,10 +92,11 @@ def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
     uri = out["tracking"]["uri"] = tracking_uri(cfg["tracking"]["uri"])
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         out["tracking"]["uri"] = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    out["output"]["dir"] = str(Path(cfg["output"]["dir"]).resolve())
-    for section, key in (("proposals", "store"), ("data", "mask_list")):
-        if cfg[section][key]:
-            out[section][key] = str(Path(cfg[section][key]).resolve())
+    out["output"]["dir"] = canonical(cfg["output"]["dir"])  # a URI stays as it is
+    if cfg["proposals"]["store"]:
+        out["proposals"]["store"] = canonical(cfg["proposals"]["store"])
+    if cfg["data"]["mask_list"]:
+        out["data"]["mask_list"] = str(Path(cfg["data"]["mask_list"]).resolve())
     return out
 
 
@@ -106,21 +108,26 @@ def run_boxsup(cfg: dict[str, Any], progress: bool = True, resume: str | Path | 
     run from its last checkpoint, in the same MLflow run.
     """
     if resume is not None:
-        run_dir = Path(resume).resolve()
+        run_dir = canonical(resume)
+        run_files = open_location(run_dir)
         record = read_run_record(run_dir)
         cfg = record["config"]
         reopen_run(cfg["tracking"]["uri"], record["mlflow_run_id"])
     else:
         cfg = absolute_paths(cfg)
         name = cfg["tracking"]["run_name"] or time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(cfg["output"]["dir"]) / name
-        if (run_dir / "run.json").exists():
+        run_dir = join(cfg["output"]["dir"], name)
+        run_files = open_location(run_dir)
+        if run_files.exists("run.json"):
             raise BoxSupError(f"{run_dir}: a run of this name exists; resume it with --resume {run_dir} or pick tracking.run_name")
-        run_id = start_run(cfg["tracking"]["uri"], cfg["tracking"]["experiment"], name, cfg)
-        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        RunLogger(cfg["tracking"]["uri"], run_id).log_artifact(run_dir / "config.yaml")
+        with tempfile.TemporaryDirectory() as tmp:
+            config_file = Path(tmp) / "config.yaml"
+            config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            run_files.upload(config_file, "config.yaml")  # an unwritable output.dir stops here, before MLflow
+            run_id = start_run(cfg["tracking"]["uri"], cfg["tracking"]["experiment"], name, cfg)
+            RunLogger(cfg["tracking"]["uri"], run_id).log_artifact(config_file)
         record = {"mlflow_run_id": run_id, "name": name, "config": cfg}
-        write_text_atomic(run_dir / "run.json", json.dumps(record, indent=2))
+        run_files.write_bytes("run.json", json.dumps(record, indent=2).encode())
 
     classes = resolve_classes(cfg)
     train_data = VOCDataset(cfg["data"]["root"], cfg["data"]["train_split"], classes)
@@ -128,7 +135,7 @@ def run_boxsup(cfg: dict[str, Any], progress: bool = True, resume: str | Path | 
     box_images = any(a.supervision == Supervision.BOX for a in annotations)
     store = ensure_proposals(cfg, train_data, progress) if box_images else proposal_store(cfg, train_data)
     spec = AssignmentSpec(cfg["data"]["root"], cfg["data"]["train_split"], classes, str(store.root),
-                          str(run_dir / "labels"), cfg["assign"]["lam"], cfg["assign"]["k"], cfg["seed"],
+                          join(run_dir, "labels"), cfg["assign"]["lam"], cfg["assign"]["k"], cfg["seed"],
                           cfg["assign"]["cache_images"])
     fail_after = os.environ.get("BOXSUP_FAIL_AFTER_EPOCH")
     job = {"config": cfg, "annotations": annotations, "run_dir": str(run_dir), "label_store": spec.label_store,
@@ -145,13 +152,16 @@ def run_boxsup(cfg: dict[str, Any], progress: bool = True, resume: str | Path | 
         ok = True
     finally:
         end_run(cfg["tracking"]["uri"], record["mlflow_run_id"], ok)
-    result = json.loads((run_dir / "result.json").read_text())
+    result = json.loads(run_files.read_bytes("result.json"))
     pseudo = [m.value for m in sorted(MlflowClient(tracking_uri(cfg["tracking"]["uri"])).get_metric_history(record["mlflow_run_id"], "pseudo_miou"), key=lambda m: m.step)]
-    return RunResult(record["mlflow_run_id"], run_dir, result["val_miou"], result["val_pixel_accuracy"], result["class_iou"], pseudo)
+    return RunResult(record["mlflow_run_id"], run_files.root, result["val_miou"], result["val_pixel_accuracy"], result["class_iou"], pseudo)
 
 
-def read_run_record(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise BoxSupError(f"{path}: not a run directory (no run.json); give the directory `boxsup train` printed")
-    return json.loads(path.read_text())
+def read_run_record(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``run.json`` (MLflow run id, name, config); ``run_dir`` is a path or a URI."""
+    location = open_location(run_dir)
+    try:
+        return json.loads(location.read_bytes("run.json"))
+    except FileNotFoundError:
+        raise BoxSupError(f"{location.path('run.json')}: not a run directory (no run.json); "
+                          "give the directory `boxsup train` printed") from None
