@@ -146,6 +146,7 @@ class AssignmentPool:
         return AssignmentActor.options(
             name=f"{self.name_prefix}-{shard}-{generation}", get_if_exists=True, num_cpus=self.actor_cpus,
             max_concurrency=1,
+            scheduling_strategy="DEFAULT",  # on the cluster, never inside a Tune trial's placement group
         ).remote(self.spec)
 
     def __getstate__(self) -> dict:

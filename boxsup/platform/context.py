@@ -23,9 +23,10 @@ class LocalContext:
     rank = 0
     world = 1
 
-    def __init__(self, run_dir: str | Path, device: torch.device):
+    def __init__(self, run_dir: str | Path, device: torch.device, report_to_tune: bool = False):
         self.run_dir = open_location(run_dir)
         self.device = device
+        self.report_to_tune = report_to_tune  # inside a Ray Tune trial: every report goes on to Tune
 
     def all_reduce(self, array: np.ndarray) -> np.ndarray:
         return array
@@ -47,6 +48,10 @@ class LocalContext:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        if self.report_to_tune:
+            import ray.tune
+
+            ray.tune.report(metrics)
         if checkpoint_dir is None:
             return
         for file in sorted(Path(checkpoint_dir).iterdir()):  # state.pt: each file replaced atomically

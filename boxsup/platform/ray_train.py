@@ -12,6 +12,7 @@ from typing import Any
 import ray
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from boxsup.errors import BoxSupError
 from boxsup.platform.assign_pool import AssignmentPool, AssignmentSpec
@@ -21,11 +22,17 @@ from boxsup.utils.storage import open_location
 log = logging.getLogger(__name__)
 
 
-def init_ray(cfg: dict[str, Any]) -> None:
-    """Join ``ray.address`` ("auto": the running cluster), or start a local Ray big enough for the run.
+def run_cpus(cfg: dict[str, Any]) -> float:
+    """Logical CPUs one run asks Ray for: its Train workers and its assignment actors."""
+    return cfg["ray"]["num_workers"] * cfg["ray"]["cpus_per_worker"] + cfg["assign"]["num_actors"] * cfg["assign"]["actor_cpus"]
 
-    A local Ray gets at least as many logical CPUs as the Train workers and the actors ask for,
-    so a 2-core laptop can run 2 workers and 2 actors: they take turns (label update, then epoch).
+
+def init_ray(cfg: dict[str, Any], min_cpus: float = 0.0) -> None:
+    """Join ``ray.address`` ("auto": the running cluster), or start a local Ray big enough for the work.
+
+    A local Ray gets at least as many logical CPUs as one run's Train workers and actors ask for
+    (or ``min_cpus``, e.g. a sweep's concurrent trials), so a 2-core laptop can run 2 workers and
+    2 actors: they take turns (label update, then epoch).
     """
     if ray.is_initialized():
         return
@@ -33,12 +40,17 @@ def init_ray(cfg: dict[str, Any]) -> None:
     if address:
         ray.init(address=address)
         return
-    needed = cfg["ray"]["num_workers"] * cfg["ray"]["cpus_per_worker"] + cfg["assign"]["num_actors"] * cfg["assign"]["actor_cpus"]
+    needed = max(run_cpus(cfg), min_cpus)
     ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)))
 
 
-def fit_with_ray(job: dict[str, Any], spec: AssignmentSpec, run_name: str, run_dir: str | Path) -> None:
-    """One ``TorchTrainer.fit``; resumes from the run's last Ray Train checkpoint when there is one."""
+def fit_with_ray(
+    job: dict[str, Any], spec: AssignmentSpec, run_name: str, run_dir: str | Path, report_to_tune: bool = False,
+) -> None:
+    """One ``TorchTrainer.fit``; resumes from the run's last Ray Train checkpoint when there is one.
+
+    ``report_to_tune``: this runs inside a Ray Tune trial, and rank 0's reports go on to Tune.
+    """
     cfg = job["config"]
     init_ray(cfg)
     pool = AssignmentPool(spec, cfg["assign"]["num_actors"], f"boxsup-{run_name}-{uuid.uuid4().hex[:6]}",
@@ -51,7 +63,8 @@ def fit_with_ray(job: dict[str, Any], spec: AssignmentSpec, run_name: str, run_d
         scaling_config=ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"],
                                      resources_per_worker={"CPU": r["cpus_per_worker"]}),
         run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                             failure_config=FailureConfig(max_failures=r["max_failures"])),
+                             failure_config=FailureConfig(max_failures=r["max_failures"]),
+                             callbacks=[TuneReportCallback()] if report_to_tune else None),
     )
     try:
         trainer.fit()

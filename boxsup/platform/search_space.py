@@ -52,10 +52,14 @@ class SearchSpace:
     scheduler: dict[str, Any] | None  # ASHA settings (max_t, grace_period, reduction_factor, brackets)
 
     def tune_scheduler(self) -> ASHAScheduler | None:
-        """ASHA on val_miou (higher is better) over epochs, or None when the space names no scheduler."""
+        """ASHA over epochs, or None when the space names no scheduler.
+
+        Its metric (``METRIC``, ``MODE``) comes from the ``TuneConfig``, which also shows it in
+        Tune's progress table.
+        """
         if self.scheduler is None:
             return None
-        return ASHAScheduler(metric=METRIC, mode=MODE, time_attr=TIME_ATTR, **self.scheduler)
+        return ASHAScheduler(time_attr=TIME_ATTR, **self.scheduler)
 
 
 def load_search_space(path: str | Path) -> SearchSpace:

@@ -25,12 +25,21 @@ def tracking_uri(configured: str | None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
-def start_run(uri: str, experiment: str, run_name: str, cfg: dict[str, Any]) -> str:
-    """Create the run (and its experiment if new), log the whole config as params; returns the run id."""
+def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str | None:
+    """The id of the experiment called ``name``; created when missing (``create``), else None."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name) if create else None
+
+
+def start_run(uri: str, experiment: str, run_name: str, cfg: dict[str, Any], tags: dict[str, str] | None = None) -> str:
+    """Create the run (and its experiment if new), log the whole config as params; returns the run id.
+
+    ``tags`` may hold ``mlflow.parentRunId``: the run is then shown nested under that (sweep) run.
+    """
     client = MlflowClient(tracking_uri(uri))
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+    run_id = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags or {}).info.run_id
     RunLogger(uri, run_id).log_params({k: str(v) for k, v in flatten(cfg).items()})
     return run_id
 

@@ -224,7 +224,9 @@ def train_worker(job: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if ctx.rank == 0:
                 save_state(Path(tmp), model, optimizer, scheduler, epoch, label_round_index, labelled)
-            ctx.report({k: v for k, v in metrics.items() if v is not None} | {"epoch": epoch},
+            first = ("val_miou", "train_loss", "pseudo_miou")  # the columns Tune's progress table shows
+            ordered = {k: metrics[k] for k in first if k in metrics} | metrics
+            ctx.report({k: v for k, v in ordered.items() if v is not None} | {"epoch": epoch},
                        Path(tmp) if ctx.rank == 0 else None)
         if logger is not None:  # after the checkpoint: a restarted epoch never logs twice
             logger.log_metrics(metrics, step=epoch)
@@ -238,11 +240,13 @@ def train_worker(job: dict[str, Any]) -> None:
 
 
 def quiet_ray_train_reports() -> None:
-    """Inside Ray: our own INFO lines to the driver, not Ray Train's line per report and worker."""
+    """Inside Ray: our own INFO lines to the driver, not Ray Train's lines per report and checkpoint."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import ray.train.v2._internal.execution.context as train_context
+    import ray.train.v2._internal.execution.storage as train_storage
 
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(train_storage.__name__).setLevel(logging.WARNING)  # "Checkpoint successfully created"
 
 
 def inject_failure(job: dict[str, Any], epoch: int, rank: int) -> None:

@@ -100,12 +100,16 @@ def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_boxsup(cfg: dict[str, Any], progress: bool = True, resume: str | Path | None = None) -> RunResult:
+def run_boxsup(
+    cfg: dict[str, Any], progress: bool = True, resume: str | Path | None = None,
+    tags: dict[str, str] | None = None, report_to_tune: bool = False,
+) -> RunResult:
     """Train one BoxSup (or baseline) model as the config says, tracked as one MLflow run.
 
     ``ray.num_workers`` > 0 runs it through Ray Train with an actor pool for the label update;
     0 runs the same loop in this process. ``resume`` (a run directory) continues an interrupted
-    run from its last checkpoint, in the same MLflow run.
+    run from its last checkpoint, in the same MLflow run. ``tags`` go on the new MLflow run;
+    ``report_to_tune`` (inside a Ray Tune trial) passes every epoch's metrics on to Tune.
     """
     if resume is not None:
         run_dir = canonical(resume)
@@ -124,7 +128,7 @@ def run_boxsup(cfg: dict[str, Any], progress: bool = True, resume: str | Path | 
             config_file = Path(tmp) / "config.yaml"
             config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
             run_files.upload(config_file, "config.yaml")  # an unwritable output.dir stops here, before MLflow
-            run_id = start_run(cfg["tracking"]["uri"], cfg["tracking"]["experiment"], name, cfg)
+            run_id = start_run(cfg["tracking"]["uri"], cfg["tracking"]["experiment"], name, cfg, tags)
             RunLogger(cfg["tracking"]["uri"], run_id).log_artifact(config_file)
         record = {"mlflow_run_id": run_id, "name": name, "config": cfg}
         run_files.write_bytes("run.json", json.dumps(record, indent=2).encode())
@@ -145,10 +149,11 @@ def run_boxsup(cfg: dict[str, Any], progress: bool = True, resume: str | Path | 
     ok = False
     try:
         if cfg["ray"]["num_workers"] == 0:
-            job.update(pool=LocalAssignmentPool(spec), context=LocalContext(run_dir, select_device(cfg["train"]["device"])))
+            context = LocalContext(run_dir, select_device(cfg["train"]["device"]), report_to_tune)
+            job.update(pool=LocalAssignmentPool(spec), context=context)
             train_worker(job)
         else:
-            fit_with_ray(job, spec, record["name"], run_dir)
+            fit_with_ray(job, spec, record["name"], run_dir, report_to_tune)
         ok = True
     finally:
         end_run(cfg["tracking"]["uri"], record["mlflow_run_id"], ok)
