@@ -1,4 +1,4 @@
-"""The ``boxsup`` command: data, proposals, train, eval, demo.
+"""The ``boxsup`` command: data, proposals, train, eval, sweep, runs, demo.
 
 A user's mistake (``BoxSupError``) prints one line and exits with status 2; no traceback.
 """
@@ -61,6 +61,29 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(f"  {name:<16} {iou:.4f}")
 
 
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from boxsup.config import load_config
+    from boxsup.platform.runs_table import format_runs_table
+    from boxsup.platform.sweep import run_sweep
+
+    cfg = load_config(args.config, args.set)
+    result = run_sweep(args.space, cfg, args.experiment)
+    print(f"\nsweep {result.experiment}: {len(result.trials)} trial runs in MLflow at {result.tracking_uri}")
+    for line in result.errors:
+        print(f"  failed trial: {line}")
+    if result.trials:
+        print(format_runs_table(result.trials, result.swept))
+    ui = result.tracking_uri if result.tracking_uri.startswith("http") else f"mlflow ui --backend-store-uri {result.tracking_uri}"
+    print(f"again later: boxsup runs --experiment {result.experiment} --tracking-uri {result.tracking_uri}\n"
+          f"side by side: {ui}")
+
+
+def _cmd_runs(args: argparse.Namespace) -> None:
+    from boxsup.platform.runs_table import runs_report
+
+    print(runs_report(args.tracking_uri, args.experiment))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from boxsup.demo import run_demo
 
@@ -103,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--scales", type=float, nargs="+", default=[1.0])
     ev.add_argument("--crf", action="store_true")
     ev.set_defaults(func=_cmd_eval)
+
+    sweep = sub.add_parser("sweep", help="a Ray Tune sweep: every trial a whole run, all in one MLflow experiment")
+    sweep.add_argument("--space", required=True, help="search space (YAML), e.g. search_spaces/demo.yaml")
+    sweep.add_argument("--config", required=True, help="base run config (YAML)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config key")
+    sweep.add_argument("--experiment", help="MLflow experiment of the sweep (default: <space name>-<time>)")
+    sweep.set_defaults(func=_cmd_sweep)
+
+    runs = sub.add_parser("runs", help="an experiment's runs from MLflow, best val_miou first")
+    runs.add_argument("--experiment", required=True)
+    runs.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    runs.set_defaults(func=_cmd_runs)
 
     demo = sub.add_parser("demo", help="the whole comparison on the synthetic demo data")
     demo.add_argument("--config", default="configs/demo.yaml")

@@ -1,0 +1,101 @@
+"""``boxsup runs``: an experiment's runs read back from MLflow, as a table sorted by ``val_miou``."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from boxsup.errors import BoxSupError
+from boxsup.platform.tracking import tracking_uri
+
+SWEEP_ROLE_TAG = "boxsup.role"  # "sweep" on a sweep's parent run
+SWEPT_KEYS_TAG = "boxsup.swept_keys"  # JSON list of the space's config keys, on the parent run
+KEY_PARAMS = ("data.supervision", "proposals.method", "assign.lam", "assign.k")  # when no sweep names its keys
+FINAL_METRICS = ("val_miou", "pseudo_miou", "train_loss")
+
+
+@dataclass
+class RunRow:
+    """One training run as MLflow holds it: its params, final metrics and how long it took."""
+
+    run_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    seconds: float
+
+    @property
+    def val_miou(self) -> float | None:
+        return self.metrics.get("val_miou")
+
+
+def _client_for(uri: str | None) -> tuple[str, MlflowClient]:
+    uri = tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise BoxSupError(f"{uri}: no MLflow store there; give --tracking-uri (or MLFLOW_TRACKING_URI) of the runs")
+    return uri, MlflowClient(uri)
+
+
+def experiment_runs(uri: str | None, experiment: str) -> list[RunRow]:
+    """The experiment's training runs (not a sweep's parent run), best ``val_miou`` first."""
+    uri, client = _client_for(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise BoxSupError(f"{uri}: no MLflow experiment {experiment!r} (there: {', '.join(names) or 'none'})")
+    rows = []
+    for run in client.search_runs([found.experiment_id], max_results=10000):
+        if run.data.tags.get(SWEEP_ROLE_TAG) == "sweep":
+            continue
+        end = run.info.end_time or int(time.time() * 1000)
+        rows.append(RunRow(run.info.run_id, run.info.run_name, run.info.status, dict(run.data.params),
+                           dict(run.data.metrics), (end - run.info.start_time) / 1000))
+    return sorted(rows, key=lambda r: (r.val_miou is None, -(r.val_miou or 0.0), r.name))
+
+
+def swept_keys(uri: str | None, experiment: str) -> list[str] | None:
+    """The config keys the experiment's sweep varied (its parent run's tag), or None if no sweep."""
+    uri, client = _client_for(uri)
+    found = client.get_experiment_by_name(experiment)
+    query = f"tags.`{SWEEP_ROLE_TAG}` = 'sweep'"
+    parents = client.search_runs([found.experiment_id], filter_string=query) if found else []
+    return json.loads(parents[0].data.tags[SWEPT_KEYS_TAG]) if parents else None
+
+
+def varying_keys(rows: list[RunRow]) -> list[str]:
+    """Of the usual key params, those whose value differs between runs (all of them if none does)."""
+    differing = [k for k in KEY_PARAMS if len({r.params.get(k) for r in rows}) > 1]
+    return differing or list(KEY_PARAMS)
+
+
+def format_runs_table(rows: list[RunRow], keys: list[str]) -> str:
+    """A plain-text table: run, status, the key params, final metrics, duration."""
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    header = ["run", "status", *keys, *FINAL_METRICS, "duration"]
+    body = [[r.name, r.status, *(r.params.get(k, "-") for k in keys),
+             *(number(r.metrics.get(m)) for m in FINAL_METRICS), _duration(r.seconds)] for r in rows]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *body)]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *body]]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
+
+
+def runs_report(uri: str | None, experiment: str) -> str:
+    """What ``boxsup runs --experiment NAME`` prints."""
+    rows = experiment_runs(uri, experiment)
+    if not rows:
+        return f"experiment {experiment!r} has no training runs yet"
+    keys = swept_keys(uri, experiment) or varying_keys(rows)
+    return format_runs_table(rows, keys)
+
