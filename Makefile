@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # pip prints one line per package for this machine's local wheel folders; they are noise.
 QUIET_PIP := { grep -v '^WARNING: Location' || true; }
 
-.PHONY: demo test install clean
+.PHONY: demo sweep-demo test install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,13 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/boxsup demo --config configs/demo.yaml --data demo_data
+
+# The demo's data, then a 2-trial Ray Tune sweep over it (k=1 vs k=5), one MLflow experiment.
+demo_data: | $(STAMP)
+	$(VENV)/bin/boxsup data synth --out demo_data
+
+sweep-demo: $(STAMP) | demo_data
+	$(VENV)/bin/boxsup sweep --space search_spaces/demo.yaml --config configs/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest
