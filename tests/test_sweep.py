@@ -179,3 +179,22 @@ def test_sampled_trial_values_are_fixed_by_the_seed(ray_session, tmp_path):
     first = sampled(7, "a")
     assert sampled(7, "b") == first and sampled(8, "c") != first
     assert len(set(first)) == 4 and all(0.5 <= lam <= 20.0 and 1 <= k < 10 for lam, k in first)
+
+
+def test_in_process_trials_report_every_epoch_to_tune(ray_session, tmp_path, sweep_data, tiny_config):
+    """ray.num_workers 0: the trial runs the loop itself and reports to Tune (what ASHA decides on)."""
+    from ray import tune
+
+    from boxsup.platform.sweep import run_sweep
+
+    (tmp_path / "space.yaml").write_text(SPACE)
+    cfg = load_config(tiny_config(sweep_data), ["ray.num_workers=0", f"output.dir={tmp_path / 'out'}"])
+    result = run_sweep(tmp_path / "space.yaml", cfg, experiment="local", progress=False)
+    assert [t.status for t in result.trials] == ["FINISHED", "FINISHED"] and not result.errors
+    analysis = tune.ExperimentAnalysis(str(tmp_path / "out" / "sweeps" / "local" / "tune"))
+    reported = {trial.config["assign.k"]: trial.last_result for trial in analysis.trials}
+    assert sorted(reported) == [1, 2]
+    by_k = {int(t.params["assign.k"]): t.val_miou for t in result.trials}
+    for k, last in reported.items():
+        assert last["epoch"] == 2 and last["training_iteration"] == 3
+        assert last["val_miou"] == pytest.approx(by_k[k])  # what Tune saw is what MLflow holds
