@@ -12,7 +12,7 @@ AWS; the provider bootstrap that does (``AWSNodeProvider.bootstrap_config``) is 
 from __future__ import annotations
 
 import copy
-import ipaddress
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +67,8 @@ def test_shipped_config_passes_ray_validation(prepared: dict[str, Any]) -> None:
         pytest.param(lambda c: c.__setitem__("setup_command", c.pop("setup_commands")), id="top-level setup_command"),
         pytest.param(lambda c: c["available_node_types"]["ray.worker.gpu"].__setitem__(
             "min_worker", c["available_node_types"]["ray.worker.gpu"].pop("min_workers")), id="node-type min_worker"),
-        pytest.param(lambda c: c["provider"]["security_group"].__setitem__(
-            "IpPermission", c["provider"]["security_group"].pop("IpPermissions")), id="security_group IpPermission"),
+        pytest.param(lambda c: c["auth"].__setitem__("ssh_usr", c["auth"].pop("ssh_user")), id="auth ssh_usr"),
+        pytest.param(lambda c: c["provider"].__setitem__("cache_stopped_nodes", "no"), id="provider flag not a boolean"),
         pytest.param(lambda c: c["available_node_types"]["ray.worker.gpu"]["resources"].__setitem__("GPU", 0.5),
                      id="fractional GPU resource"),
     ],
@@ -130,10 +130,6 @@ def test_autoscaling_bounds(raw: dict[str, Any], prepared: dict[str, Any]) -> No
     assert sum(t["max_workers"] for t in worker_types(prepared).values()) <= prepared["max_workers"]
 
 
-def _cidrs(rule: dict[str, Any]) -> list[str]:
-    return [r["CidrIp"] for r in rule.get("IpRanges", [])] + [r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])]
-
-
 def _strings(value: Any):
     if isinstance(value, dict):
         for v in value.values():
@@ -145,28 +141,33 @@ def _strings(value: Any):
         yield value
 
 
+def test_ray_creates_no_security_group(prepared: dict[str, Any]) -> None:
+    """Every node type names its group, so Ray's AWS bootstrap leaves groups alone.
+
+    A group Ray creates gets Ray's own "SSH from 0.0.0.0/0" rule; with SecurityGroupIds on every
+    node type ``_configure_security_group`` returns before it calls AWS (no credentials here: any
+    call would fail this test).
+    """
+    from ray.autoscaler._private.aws.config import _configure_security_group
+
+    assert "security_group" not in prepared["provider"]
+    assert _configure_security_group(copy.deepcopy(prepared)) == prepared
+    groups = {tuple(t["node_config"]["SecurityGroupIds"]) for t in prepared["available_node_types"].values()}
+    assert len(groups) == 1  # one group: its members reach each other (Ray, NCCL, MLflow), nobody else
+
+
 def test_nothing_open_to_the_internet(raw: dict[str, Any]) -> None:
-    sg = raw["provider"]["security_group"]
-    rules = sg["IpPermissions"]
-    assert rules, "explicit inbound rules expected"
-    for rule in rules:
-        for cidr in _cidrs(rule):
-            net = ipaddress.ip_network(cidr, strict=False)
-            assert net.prefixlen > 0, f"rule open to the whole internet: {rule}"
-            if not any(net.subnet_of(p) for p in map(ipaddress.ip_network, ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
-                       if p.version == net.version):
-                # A source outside the VPC's private ranges may only reach SSH.
-                assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 22, 22), rule
-    # No 0.0.0.0/0 or ::/0 anywhere in the config (node configs included).
-    for s in _strings(raw):
+    for s in _strings(raw):  # node configs included
         assert "0.0.0.0/0" not in s and "::/0" not in s, s
+    text = CLUSTER_YAML.read_text()
+    assert "0.0.0.0/0" not in text.replace('"SSH from 0.0.0.0/0"', "")  # only the warning names it
 
 
-def test_ssh_allowed_only_from_the_admin_cidr(raw: dict[str, Any]) -> None:
-    ssh = [r for r in raw["provider"]["security_group"]["IpPermissions"]
-           if r["IpProtocol"] == "tcp" and r["FromPort"] <= 22 <= r["ToPort"]]
-    assert len(ssh) == 1
-    assert _cidrs(ssh[0]) == ["203.0.113.0/24"]
+def test_the_documented_group_admits_ssh_from_the_admin_cidr_only() -> None:
+    commands = " ".join(line.lstrip("# ").strip() for line in CLUSTER_YAML.read_text().splitlines()
+                        if line.lstrip().startswith("#")).replace("\\ ", "")
+    rules = re.findall(r"authorize-security-group-ingress [^#]*?--protocol (\S+)(?: --port (\d+))? --(cidr|source-group) (\S+)", commands)
+    assert sorted(rules) == [("all", "", "source-group", "$SG"), ("tcp", "22", "cidr", "203.0.113.0/24")]
 
 
 def test_setup_installs_the_package_on_every_node(raw: dict[str, Any], prepared: dict[str, Any]) -> None:
