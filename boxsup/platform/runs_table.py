@@ -98,4 +98,3 @@ def runs_report(uri: str | None, experiment: str) -> str:
         return f"experiment {experiment!r} has no training runs yet"
     keys = swept_keys(uri, experiment) or varying_keys(rows)
     return format_runs_table(rows, keys)
-

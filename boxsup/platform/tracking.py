@@ -25,12 +25,10 @@ def tracking_uri(configured: str | None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
-def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str | None:
-    """The id of the experiment called ``name``; created when missing (``create``), else None."""
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of the experiment called ``name``, created when missing."""
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(name) if create else None
+    return found.experiment_id if found is not None else client.create_experiment(name)
 
 
 def start_run(uri: str, experiment: str, run_name: str, cfg: dict[str, Any], tags: dict[str, str] | None = None) -> str:
