@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from boxsup.errors import BoxSupError
@@ -41,16 +42,25 @@ def _client_for(uri: str | None) -> tuple[str, MlflowClient]:
     return uri, MlflowClient(uri)
 
 
-def experiment_runs(uri: str | None, experiment: str) -> list[RunRow]:
-    """The experiment's training runs (not a sweep's parent run), best ``val_miou`` first."""
+def _search(uri: str | None, experiment: str) -> list[Run]:
+    """Every run of the experiment, a sweep's parent run included."""
     uri, client = _client_for(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = sorted(e.name for e in client.search_experiments())
         raise BoxSupError(f"{uri}: no MLflow experiment {experiment!r} (there: {', '.join(names) or 'none'})")
+    return client.search_runs([found.experiment_id], max_results=10000)
+
+
+def _is_sweep(run: Run) -> bool:
+    return run.data.tags.get(SWEEP_ROLE_TAG) == "sweep"
+
+
+def _training_rows(runs: list[Run]) -> list[RunRow]:
+    """The training runs (not a sweep's parent run), best ``val_miou`` first."""
     rows = []
-    for run in client.search_runs([found.experiment_id], max_results=10000):
-        if run.data.tags.get(SWEEP_ROLE_TAG) == "sweep":
+    for run in runs:
+        if _is_sweep(run):
             continue
         end = run.info.end_time or int(time.time() * 1000)
         rows.append(RunRow(run.info.run_id, run.info.run_name, run.info.status, dict(run.data.params),
@@ -58,13 +68,9 @@ def experiment_runs(uri: str | None, experiment: str) -> list[RunRow]:
     return sorted(rows, key=lambda r: (r.val_miou is None, -(r.val_miou or 0.0), r.name))
 
 
-def swept_keys(uri: str | None, experiment: str) -> list[str] | None:
-    """The config keys the experiment's sweep varied (its parent run's tag), or None if no sweep."""
-    uri, client = _client_for(uri)
-    found = client.get_experiment_by_name(experiment)
-    query = f"tags.`{SWEEP_ROLE_TAG}` = 'sweep'"
-    parents = client.search_runs([found.experiment_id], filter_string=query) if found else []
-    return json.loads(parents[0].data.tags[SWEPT_KEYS_TAG]) if parents else None
+def experiment_runs(uri: str | None, experiment: str) -> list[RunRow]:
+    """The experiment's training runs (not a sweep's parent run), best ``val_miou`` first."""
+    return _training_rows(_search(uri, experiment))
 
 
 def varying_keys(rows: list[RunRow]) -> list[str]:
@@ -93,8 +99,10 @@ def _duration(seconds: float) -> str:
 
 def runs_report(uri: str | None, experiment: str) -> str:
     """What ``boxsup runs --experiment NAME`` prints."""
-    rows = experiment_runs(uri, experiment)
+    runs = _search(uri, experiment)
+    rows = _training_rows(runs)
     if not rows:
         return f"experiment {experiment!r} has no training runs yet"
-    keys = swept_keys(uri, experiment) or varying_keys(rows)
+    sweeps = [run for run in runs if _is_sweep(run)]
+    keys = json.loads(sweeps[0].data.tags[SWEPT_KEYS_TAG]) if sweeps else varying_keys(rows)
     return format_runs_table(rows, keys)

@@ -50,6 +50,7 @@ class SearchSpace:
     max_concurrent_trials: int
     resources: dict[str, float]
     scheduler: dict[str, Any] | None  # ASHA settings (max_t, grace_period, reduction_factor, brackets)
+    specs: dict[str, Any]  # the distributions as the file writes them, e.g. {"assign.k": {"grid": [1, 5]}}
 
     def tune_scheduler(self) -> ASHAScheduler | None:
         """ASHA over epochs, or None when the space names no scheduler.
@@ -76,6 +77,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
         max_concurrent_trials=_positive_int(source, "max_concurrent_trials", raw.get("max_concurrent_trials", 1)),
         resources=_resources(source, raw.get("resources_per_trial", {})),
         scheduler=_scheduler(source, raw.get("scheduler")),
+        specs=dict(raw["params"]),
     )
 
 

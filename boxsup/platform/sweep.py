@@ -129,8 +129,7 @@ def start_parent_run(cfg: dict[str, Any], experiment: str, space_path: Path, spa
     tags = {SWEEP_ROLE_TAG: "sweep", SWEPT_KEYS_TAG: json.dumps(sorted(space.params))}
     run_id = client.create_run(exp_id, run_name="sweep", tags=tags).info.run_id
     logger = RunLogger(cfg["tracking"]["uri"], run_id)
-    raw = yaml.safe_load(space_path.read_text())
-    logger.log_params({f"space.{key}": json.dumps(dist) for key, dist in raw["params"].items()}
+    logger.log_params({f"space.{key}": json.dumps(dist) for key, dist in space.specs.items()}
                       | {"space.file": str(space_path), "num_samples": str(space.num_samples),
                          "max_concurrent_trials": str(space.max_concurrent_trials),
                          "scheduler": json.dumps(space.scheduler)})
@@ -146,11 +145,12 @@ def finish_parent_run(cfg: dict[str, Any], experiment: str, parent_run_id: str, 
     """Close trial runs Tune stopped early (ASHA) or killed, record the best trial on the parent run."""
     uri = tracking_uri(cfg["tracking"]["uri"])
     client = MlflowClient(uri)
-    for row in experiment_runs(uri, experiment):
+    trials = experiment_runs(uri, experiment)
+    for row in trials:
         if row.status == "RUNNING":  # its trial actor was stopped before run_boxsup could end the run
             client.set_tag(row.run_id, "boxsup.stopped", "early (scheduler) or killed")
             client.set_terminated(row.run_id, "KILLED")
-    trials = experiment_runs(uri, experiment)
+            row.status = "KILLED"
     scored = [t for t in trials if t.val_miou is not None]
     if scored:
         best = scored[0]

@@ -128,8 +128,9 @@ def label_evolution_rows(annotations, dataset, labels: LabelStore, rounds: list[
     return rows
 
 
-def final_artifacts(job, logger: RunLogger, model, confusion: ConfusionMatrix, classes, annotations, dataset, rounds: list[int]) -> dict:
-    """Rank 0 after the last epoch: per-class IoU, figures, the checkpoint, made locally, into the run dir and MLflow."""
+def final_artifacts(job, logger: RunLogger, model, confusion: ConfusionMatrix, classes, annotations, dataset, rounds: list[int]) -> None:
+    """Rank 0 after the last epoch: per-class IoU, figures, the checkpoint (made locally, into the run dir
+    and MLflow), then result.json."""
     run_dir = open_location(job["run_dir"])
     names = ["background", *classes]
     scores = confusion.compute()
@@ -147,7 +148,8 @@ def final_artifacts(job, logger: RunLogger, model, confusion: ConfusionMatrix, c
                 publish(local / "label_evolution.png", run_dir, logger, "figures")
         torch.save({"model": model.state_dict(), "config": job["config"], "classes": list(classes)}, local / "checkpoint.pt")
         publish(local / "checkpoint.pt", run_dir, logger, "checkpoint")
-    return {"val_miou": scores.miou, "val_pixel_accuracy": scores.pixel_accuracy, "class_iou": class_iou}
+    result = {"val_miou": scores.miou, "val_pixel_accuracy": scores.pixel_accuracy, "class_iou": class_iou}
+    run_dir.write_bytes("result.json", json.dumps(result, indent=2).encode())
 
 
 def train_worker(job: dict[str, Any]) -> None:
@@ -235,8 +237,7 @@ def train_worker(job: dict[str, Any]) -> None:
         inject_failure(job, epoch, ctx.rank)
 
     if ctx.rank == 0 and confusion is not None:
-        result = final_artifacts(job, logger, model, confusion, classes, annotations, train_data, rounds)
-        open_location(job["run_dir"]).write_bytes("result.json", json.dumps(result, indent=2).encode())
+        final_artifacts(job, logger, model, confusion, classes, annotations, train_data, rounds)
 
 
 def quiet_ray_train_reports() -> None:

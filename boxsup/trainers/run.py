@@ -29,7 +29,7 @@ from boxsup.platform.context import LocalContext
 from boxsup.platform.ray_train import fit_with_ray
 from boxsup.platform.tracking import RunLogger, end_run, reopen_run, start_run, tracking_uri
 from boxsup.trainers.loop import train_worker
-from boxsup.utils.storage import canonical, join, open_location
+from boxsup.utils.storage import Location, canonical, join, open_location
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def run_boxsup(
     if resume is not None:
         run_dir = canonical(resume)
         run_files = open_location(run_dir)
-        record = read_run_record(run_dir)
+        record = read_run_record(run_files)
         cfg = record["config"]
         reopen_run(cfg["tracking"]["uri"], record["mlflow_run_id"])
     else:
@@ -162,9 +162,8 @@ def run_boxsup(
     return RunResult(record["mlflow_run_id"], run_files.root, result["val_miou"], result["val_pixel_accuracy"], result["class_iou"], pseudo)
 
 
-def read_run_record(run_dir: str | Path) -> dict[str, Any]:
-    """The run's ``run.json`` (MLflow run id, name, config); ``run_dir`` is a path or a URI."""
-    location = open_location(run_dir)
+def read_run_record(location: Location) -> dict[str, Any]:
+    """The run's ``run.json`` (MLflow run id, name, config) in the run directory ``location``."""
     try:
         return json.loads(location.read_bytes("run.json"))
     except FileNotFoundError:
