@@ -15,6 +15,7 @@ import colorsys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -114,14 +115,14 @@ def _clutter_shape(u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np
         return (np.abs(u) <= 1) & (np.abs(v) <= rng.uniform(0.3, 1))
     if kind == 2:
         return np.abs(v) <= rng.uniform(0.08, 0.25)
-    field = _smooth_noise(rng, u.shape, cells=rng.integers(3, 6))
+    field = smooth_noise(rng, u.shape, cells=rng.integers(3, 6))
     return (np.hypot(u, v) + 0.6 * field) <= 0.9
 
 
 # ---------------------------------------------------------------- textures and colour
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
     """Zero-mean, roughly unit-range noise with features about shape / cells pixels wide."""
     coarse = rng.standard_normal((cells + 1, cells + 1)).astype(np.float32)
     return cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC) / 2
@@ -133,7 +134,7 @@ def _texture(name: str, xs: np.ndarray, ys: np.ndarray, rng: np.random.Generator
     a = xs * np.cos(theta) + ys * np.sin(theta) + rng.uniform(0, 100)
     b = ys * np.cos(theta) - xs * np.sin(theta) + rng.uniform(0, 100)
     if name == "speckle":
-        return np.clip(_smooth_noise(rng, xs.shape, xs.shape[1] // int(rng.integers(2, 4))), -1, 1)
+        return np.clip(smooth_noise(rng, xs.shape, xs.shape[1] // int(rng.integers(2, 4))), -1, 1)
     if name == "stripes":
         return np.tanh(3 * np.sin(2 * np.pi * a / rng.uniform(5, 10)))
     if name == "checks":
@@ -196,14 +197,14 @@ def _background(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray) -> np.
     theta = rng.uniform(0, 2 * np.pi)
     t = np.clip(0.5 + (np.cos(theta) * (xs - size / 2) + np.sin(theta) * (ys - size / 2)) / size, 0, 1)[..., None]
     image = c0 * (1 - t) + c1 * t
-    image += 25 * np.stack([_smooth_noise(rng, xs.shape, int(rng.integers(3, 7))) for _ in range(3)], -1)
+    image += 25 * np.stack([smooth_noise(rng, xs.shape, int(rng.integers(3, 7))) for _ in range(3)], -1)
     for _ in range(rng.integers(5, 11)):
         patch = _clutter_shape(*_random_frame(rng, size, (0.08, 0.4)).local(xs, ys), rng)
         image[patch] = _clutter_layer(rng, xs, ys)[patch]
     return image
 
 
-def _visible(shapes: list[np.ndarray]) -> np.ndarray:
+def visible_instances(shapes: list[np.ndarray]) -> np.ndarray:
     """Instance map of stacked shapes, later on top; -1 where none."""
     instances = np.full(shapes[0].shape, -1, np.int16)
     for k, shape in enumerate(shapes):
@@ -217,7 +218,7 @@ def _place_objects(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray) -> 
     while True:
         labels = [int(x) for x in rng.integers(1, len(DEMO_CLASSES) + 1, rng.integers(1, 5))]
         shapes = [SHAPES[c - 1](*_random_frame(rng, size, RADIUS_RANGE).local(xs, ys), rng) for c in labels]
-        instances = _visible(shapes)
+        instances = visible_instances(shapes)
         keep = [
             k
             for k, shape in enumerate(shapes)
@@ -228,7 +229,8 @@ def _place_objects(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray) -> 
             return [shapes[k] for k in keep], [labels[k] for k in keep]
 
 
-def _tight_box(region: np.ndarray, label: int) -> Box:
+def tight_box(region: np.ndarray, label: int) -> Box:
+    """The smallest box (end-exclusive) holding every true pixel of ``region``, with class ``label``."""
     ys, xs = np.nonzero(region)
     return Box(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, label)
 
@@ -239,14 +241,14 @@ def synth_sample(seed: int, index: int, size: int = 128) -> SynthSample:
     ys, xs = (g.astype(np.float32) + 0.5 for g in np.indices((size, size)))
     image = _background(rng, xs, ys)
     shapes, labels = _place_objects(rng, xs, ys)
-    instances = _visible(shapes)
+    instances = visible_instances(shapes)
     mask = np.full((size, size), BACKGROUND, np.uint8)
     for k, (shape, label) in enumerate(zip(shapes, labels)):
         image[shape] = _object_layer(rng, xs, ys, label)[shape]
         mask[instances == k] = label
     image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 0.8))
     image += rng.normal(0, rng.uniform(2, 6), image.shape).astype(np.float32)
-    boxes = [_tight_box(instances == k, label) for k, label in enumerate(labels)]
+    boxes = [tight_box(instances == k, label) for k, label in enumerate(labels)]
     return SynthSample(np.clip(np.rint(image), 0, 255).astype(np.uint8), mask, instances, boxes)
 
 
@@ -260,23 +262,44 @@ def generate_dataset(
     """
     if n_images < 2 or size < 32 or not 0 < val_fraction < 1:
         raise ValueError("generate_dataset needs n_images >= 2, size >= 32 and 0 < val_fraction < 1")
+    return write_synthetic_dataset(
+        out, n_images, seed, val_fraction, DEMO_CLASSES, lambda i: synth_sample(seed, i, size), "synth", "synthetic demo set"
+    )
+
+
+def write_synthetic_dataset(
+    out: str | Path,
+    n_images: int,
+    seed: int,
+    val_fraction: float,
+    classes: tuple[str, ...],
+    render: Callable[[int], SynthSample],
+    prefix: str,
+    desc: str,
+) -> dict:
+    """Write images ``render(1) .. render(n_images)`` as ``<prefix>_000001 ..`` in the VOC layout.
+
+    Shared by the synthetic generators so that every style gets the same layout: train/val/trainval
+    splits (val drawn with ``seed``), classes.txt, and the summary ``generate_dataset`` documents
+    (box fill = visible pixels of the object, as ``sample.instances`` holds them, over box area).
+    """
     out = Path(out)
-    ids = [f"synth_{i:06d}" for i in range(1, n_images + 1)]
+    ids = [f"{prefix}_{i:06d}" for i in range(1, n_images + 1)]
     objects: Counter = Counter()
     fills = []
-    for i, image_id in enumerate(tqdm(ids, desc="synthetic demo set", unit="img"), start=1):
-        sample = synth_sample(seed, i, size)
-        write_voc_sample(out, image_id, sample.image, sample.boxes, DEMO_CLASSES, sample.mask)
-        objects.update(DEMO_CLASSES[b.label - 1] for b in sample.boxes)
+    for i, image_id in enumerate(tqdm(ids, desc=desc, unit="img"), start=1):
+        sample = render(i)
+        write_voc_sample(out, image_id, sample.image, sample.boxes, classes, sample.mask)
+        objects.update(classes[b.label - 1] for b in sample.boxes)
         fills += [np.count_nonzero(sample.instances == k) / b.area for k, b in enumerate(sample.boxes)]
     n_val = min(n_images - 1, max(1, round(n_images * val_fraction)))
     order = np.random.default_rng(seed).permutation(n_images)
     splits = {"val": sorted(ids[i] for i in order[:n_val]), "train": sorted(ids[i] for i in order[n_val:]), "trainval": ids}
     for split, split_ids in splits.items():
         write_split(out, split, split_ids)
-    write_text_atomic(out / "classes.txt", "\n".join(DEMO_CLASSES) + "\n")
+    write_text_atomic(out / "classes.txt", "\n".join(classes) + "\n")
     return {
         "images": {split: len(split_ids) for split, split_ids in splits.items()},
-        "objects": {name: objects[name] for name in DEMO_CLASSES},
+        "objects": {name: objects[name] for name in classes},
         "mean_box_fill": float(np.mean(fills)),
     }
