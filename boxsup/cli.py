@@ -14,9 +14,15 @@ from boxsup.errors import BoxSupError
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from boxsup.data.synth import generate_dataset
+    if args.style == "photo":
+        from boxsup.data.synth_photo import generate_photo_dataset as generate
+    else:
+        from boxsup.data.synth import generate_dataset as generate
 
-    summary = generate_dataset(args.out, n_images=args.images, size=args.size, seed=args.seed)
+    try:
+        summary = generate(args.out, n_images=args.images, size=args.size, seed=args.seed)
+    except ValueError as exc:  # the generators check their arguments before writing anything
+        raise BoxSupError(f"data synth --style {args.style}: {exc}") from None
     print(f"wrote {args.out}: {summary}")
 
 
@@ -55,6 +61,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from boxsup.evaluation.evaluate import evaluate_checkpoint
 
+    bad = [s for s in args.scales if not 0 < s < float("inf")]
+    if bad:
+        raise BoxSupError(f"--scales: every scale must be a finite number > 0, got {bad[0]:g}")
     scores, names = evaluate_checkpoint(args.checkpoint, args.data, args.split, tuple(args.scales), args.crf)
     print(f"mIoU {scores.miou:.4f}  pixel accuracy {scores.pixel_accuracy:.4f}")
     for name, iou in zip(names, scores.class_iou):
@@ -90,12 +99,19 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.config, Path(args.data), args.set)
 
 
+def _add_set(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--set KEY=VALUE ...``: several pairs after one flag, and the flag repeated, all collected in order."""
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxsup", description="BoxSup: segmentation networks trained from boxes")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
-    synth = data.add_parser("synth", help="write the synthetic demo dataset in the VOC layout")
+    synth = data.add_parser("synth", help="write a synthetic dataset (the demo set, or photo-like) in the VOC layout")
+    synth.add_argument("--style", choices=("demo", "photo"), default="demo",
+                       help="demo: the demo's textured shapes; photo: harder, photo-textured, occluded objects")
     synth.add_argument("--out", required=True)
     synth.add_argument("--images", type=int, default=240)
     synth.add_argument("--size", type=int, default=128)
@@ -116,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one model (one MLflow run)")
     train.add_argument("--config", help="run config (YAML)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    _add_set(train, "override config keys")
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a labelled split")
@@ -130,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="a Ray Tune sweep: every trial a whole run, all in one MLflow experiment")
     sweep.add_argument("--space", required=True, help="search space (YAML), e.g. search_spaces/demo.yaml")
     sweep.add_argument("--config", required=True, help="base run config (YAML)")
-    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config key")
+    _add_set(sweep, "override base config keys")
     sweep.add_argument("--experiment", help="MLflow experiment of the sweep (default: <space name>-<time>)")
     sweep.set_defaults(func=_cmd_sweep)
 
@@ -142,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole comparison on the synthetic demo data")
     demo.add_argument("--config", default="configs/demo.yaml")
     demo.add_argument("--data", default="demo_data")
-    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_set(demo, "override config keys of every variant")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -1,18 +1,22 @@
 """Run configuration: defaults, YAML files, ``--set key=value`` overrides, validation.
 
-A config is a nested dict. Every key a user may set exists in ``DEFAULTS``; an unknown key or a
-value of the wrong type is a one-line ``BoxSupError`` naming the key, before anything runs.
+A config is a nested dict. Every key a user may set exists in ``DEFAULTS``; an unknown key, a
+value of the wrong type or one out of its range (``BOUNDS``, ``CHOICES``, ``VALUE_CHECKS``) is a
+one-line ``BoxSupError`` naming the key, before anything runs.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from boxsup.errors import BoxSupError
+from boxsup.utils.lists import first_duplicate
 
 # Paper defaults (Sec. 4.3, 5): batch 20, lr 1e-3 / 10 every 15 epochs, 45 epochs, lambda 3, k 5.
 DEFAULTS: dict[str, Any] = {
@@ -99,8 +103,45 @@ NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "ray.address": (str,),
 }
 
-POSITIVE = ("assign.num_actors", "assign.actor_cpus", "assign.cache_images", "ray.cpus_per_worker", "assign.warmup_epochs", "train.epochs", "train.batch_size", "train.lr", "train.lr_step", "assign.k", "data.crop_size",
-            "proposals.max_candidates", "eval.every")  # fmt: skip
+
+@dataclass(frozen=True)
+class Range:
+    """Numbers a key accepts: ``low``/``high`` bounds (None: unbounded), each inclusive unless ``*_open``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or value > self.low or (value == self.low and not self.low_open)
+        below = self.high is None or value < self.high or (value == self.high and not self.high_open)
+        return above and below
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"must be {'>' if self.low_open else '>='} {self.low:g}"
+        return f"must lie in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1)
+
+# Numeric keys (and every value of a list key) must lie in these ranges.
+BOUNDS: dict[str, Range] = {
+    **dict.fromkeys(("assign.num_actors", "assign.actor_cpus", "assign.cache_images", "ray.cpus_per_worker",
+                     "assign.warmup_epochs", "train.epochs", "train.batch_size", "train.lr", "train.lr_step",
+                     "assign.k", "data.crop_size", "proposals.max_candidates", "eval.every", "eval.scales"), POSITIVE),
+    **dict.fromkeys(("seed", "assign.lam", "train.weight_decay", "train.num_threads", "train.loader_workers",
+                     "ray.num_workers", "ray.max_failures"), NON_NEGATIVE),
+    "train.momentum": Range(0, 1, high_open=True),
+    "train.lr_gamma": Range(0, 1, low_open=True),
+    "data.mask_fraction": FRACTION,
+}  # fmt: skip
+
+# MLflow tracking stores by URI scheme; a database scheme may name its driver (postgresql+psycopg2://).
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "databricks", "postgresql", "mysql", "mssql")
 
 
 def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -113,6 +154,17 @@ def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def _as_number(value: Any) -> float | None:
+    """A finite float from a YAML number or a string such as '1e-3' (YAML 1.1 reads that as a string); else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
@@ -129,17 +181,56 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool):
             return value
     elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        if (number := _as_number(value)) is not None:
+            return number
+        raise BoxSupError(f"config key {key}: expected a finite float, got {value!r}")
     elif isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif isinstance(default, list):
-        if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
-            return [float(v) for v in value]
+        numbers = [_as_number(v) for v in value] if isinstance(value, list) else [None]
+        if None not in numbers:
+            return numbers
+        raise BoxSupError(f"config key {key}: expected a list of finite floats, got {value!r}")
     elif isinstance(value, type(default)):
         return value
     raise BoxSupError(f"config key {key}: expected {type(default).__name__}, got {value!r}")
+
+
+def _tracking_uri_problem(uri: str | None) -> str | None:
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if uri else None
+    if uri is None or (scheme in TRACKING_SCHEMES and (":" in uri or uri == "databricks")):
+        return None
+    return (f"{uri!r} is not an MLflow store URI; use sqlite:///FILE, file:DIR, http(s)://HOST, databricks, "
+            "postgresql://, mysql:// or mssql://")
+
+
+def _classes_problem(spec: str | list[str]) -> str | None:
+    twice = first_duplicate(spec) if isinstance(spec, list) else None
+    return f"class {twice!r} is listed twice" if twice is not None else None
+
+
+def _empty_list_problem(values: list[float]) -> str | None:
+    return "needs at least one value" if not values else None
+
+
+# Checks beyond type, choice and range: key -> function giving the problem with a value, or None.
+VALUE_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "tracking.uri": _tracking_uri_problem,
+    "data.classes": _classes_problem,
+    "eval.scales": _empty_list_problem,
+}
+
+
+def _value_problem(key: str, value: Any) -> str | None:
+    """What is wrong with a well-typed ``value`` for ``key`` (choices, ranges, key-specific checks), or None."""
+    if key in CHOICES and value not in CHOICES[key]:
+        return f"{value!r} is not one of {', '.join(CHOICES[key])}"
+    if key in VALUE_CHECKS and (problem := VALUE_CHECKS[key](value)) is not None:
+        return problem
+    bounds = BOUNDS.get(key)
+    outside = [v for v in (value if isinstance(value, list) else [value]) if v not in bounds] if bounds else []
+    return f"{bounds.describe()}, got {outside[0]!r}" if bounds and outside else None
 
 
 def set_key(cfg: dict[str, Any], dotted: str, value: Any, source: str) -> None:
@@ -153,10 +244,9 @@ def set_key(cfg: dict[str, Any], dotted: str, value: Any, source: str) -> None:
         value = _check_type(dotted, value, defaults[dotted])
     except BoxSupError as exc:
         raise BoxSupError(f"{source}: {exc}") from None
-    if dotted in CHOICES and value not in CHOICES[dotted]:
-        raise BoxSupError(f"{source}: config key {dotted}: {value!r} is not one of {', '.join(CHOICES[dotted])}")
-    if dotted in POSITIVE and value <= 0:
-        raise BoxSupError(f"{source}: config key {dotted}: must be > 0, got {value!r}")
+    problem = _value_problem(dotted, value)
+    if problem is not None:
+        raise BoxSupError(f"{source}: config key {dotted}: {problem}")
     node = cfg
     *parents, leaf = dotted.split(".")
     for p in parents:
@@ -224,7 +314,15 @@ def resolve_classes(cfg: dict[str, Any]) -> tuple[str, ...]:
         path = Path(cfg["data"]["root"]) / spec
     if not path.is_file():
         raise BoxSupError(f"config key data.classes: {spec!r} is neither 'auto', 'voc' nor an existing file")
+    return read_class_file(path)
+
+
+def read_class_file(path: Path) -> tuple[str, ...]:
+    """The names of a class list file (one per line, in label-id order); empty or repeated names are refused."""
     names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     if not names:
         raise BoxSupError(f"{path}: class list is empty")
+    twice = first_duplicate(names)
+    if twice is not None:
+        raise BoxSupError(f"{path}: class {twice!r} is listed twice")
     return names

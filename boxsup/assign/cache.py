@@ -22,9 +22,11 @@ class BoxedPoolCache:
         self._pools: OrderedDict[str, BoxedPool] = OrderedDict()
 
     def get(self, ann: ImageAnnotation) -> BoxedPool:
+        """The image's pool refined by its boxes; a pool of another size than the image is a BoxSupError."""
         pool = self._pools.pop(ann.image_id, None)
         if pool is None:
-            pool = BoxedPool.build(self.store.load(ann.image_id), ann.boxes_array(), ann.labels_array())
+            candidates = self.store.load(ann.image_id, expected_shape=(ann.height, ann.width))
+            pool = BoxedPool.build(candidates, ann.boxes_array(), ann.labels_array())
         self._pools[ann.image_id] = pool
         if len(self._pools) > self.capacity:
             self._pools.popitem(last=False)

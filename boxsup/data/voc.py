@@ -11,6 +11,8 @@ import functools
 import logging
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from boxsup.data.annotations import Box, ImageAnnotation
 from boxsup.errors import BoxSupError
 from boxsup.utils.files import atomic_path, write_text_atomic
+from boxsup.utils.lists import first_duplicate
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,26 @@ def voc_palette() -> list[int]:
     return palette
 
 
+class SizeMismatchError(BoxSupError):
+    """An image's real size differs from its XML ``<size>`` or from its mask's size."""
+
+
+@contextmanager
+def _open_picture(path: Path, what: str) -> Iterator[Image.Image]:
+    """``Image.open`` (header only until pixels are asked for); a missing or undecodable file is one line."""
+    if not path.is_file():
+        raise BoxSupError(f"{path}: {what} file not found")
+    try:
+        with Image.open(path) as im:
+            yield im
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise BoxSupError(f"{path}: cannot decode {what} ({exc})") from None
+
+
+def _size_text(width: int, height: int) -> str:
+    return f"{width}x{height}"
+
+
 @dataclass
 class SkipCounts:
     """Counted, logged skips of boxes or images that a user should know about."""
@@ -61,7 +84,8 @@ class VOCDataset:
     """Read one split of a dataset in the VOC layout.
 
     ``annotation(id)`` parses the XML (boxes clipped to the image; boxes of zero area after
-    clipping are skipped and counted); ``image(id)`` decodes the JPEG as RGB uint8;
+    clipping are skipped and counted) and checks the image's and mask's real sizes against it;
+    ``load_annotations`` does so for the whole split; ``image(id)`` decodes the JPEG as RGB uint8;
     ``mask(id)`` reads the palette PNG as class ids, or ``None`` when the image has no mask.
     """
 
@@ -74,9 +98,13 @@ class VOCDataset:
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not list_file.is_file():
             raise BoxSupError(f"{list_file}: split list not found (is data.root a VOC-layout dataset?)")
+        self.list_file = list_file
         self.ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
         if not self.ids:
             raise BoxSupError(f"{list_file}: split list is empty")
+        twice = first_duplicate(self.ids)
+        if twice is not None:
+            raise BoxSupError(f"{list_file}: image id {twice!r} is listed twice")
 
     @property
     def num_classes(self) -> int:
@@ -93,32 +121,35 @@ class VOCDataset:
         return self.root / "SegmentationClass" / f"{image_id}.png"
 
     def image(self, image_id: str) -> np.ndarray:
-        path = self.image_path(image_id)
-        if not path.is_file():
-            raise BoxSupError(f"{path}: image file not found")
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise BoxSupError(f"{path}: cannot decode image ({exc})") from None
+        with _open_picture(self.image_path(image_id), "image") as im:
+            return np.asarray(im.convert("RGB"))
+
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        """(width, height) of the JPEG from its header alone, without decoding the pixels."""
+        with _open_picture(self.image_path(image_id), "image") as im:
+            return im.size
 
     def mask(self, image_id: str) -> np.ndarray | None:
         path = self.mask_path(image_id)
         if not path.is_file():
             return None
-        try:
-            with Image.open(path) as im:
-                if im.mode not in ("P", "L"):
-                    raise BoxSupError(f"{path}: mask must be a palette or greyscale PNG of class ids, got mode {im.mode}")
-                mask = np.asarray(im).astype(np.uint8)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise BoxSupError(f"{path}: cannot decode mask ({exc})") from None
+        with _open_picture(path, "mask") as im:
+            if im.mode not in ("P", "L"):
+                raise BoxSupError(f"{path}: mask must be a palette or greyscale PNG of class ids, got mode {im.mode}")
+            mask = np.asarray(im).astype(np.uint8)
         bad = np.setdiff1d(np.unique(mask), [*range(self.num_classes), 255])
         if bad.size:
             raise BoxSupError(f"{path}: mask holds class ids {bad.tolist()} beyond the {len(self.classes)} classes")
+        self._check_mask_size(image_id, (mask.shape[1], mask.shape[0]), self.image_size(image_id))
         return mask
 
+    def _check_mask_size(self, image_id: str, mask_size: tuple[int, int], image_size: tuple[int, int]) -> None:
+        if mask_size != image_size:
+            raise SizeMismatchError(f"{self.mask_path(image_id)}: mask is {_size_text(*mask_size)} but the image "
+                                    f"{self.image_path(image_id)} is {_size_text(*image_size)}")
+
     def annotation(self, image_id: str) -> ImageAnnotation:
+        """The image's boxes and size; a size that differs from the real image's (or mask's) is refused."""
         path = self.root / "Annotations" / f"{image_id}.xml"
         if not path.is_file():
             raise BoxSupError(f"{path}: annotation file not found")
@@ -131,7 +162,22 @@ class VOCDataset:
             height = int(float(root.findtext("size/height", "")))
         except ValueError:
             raise BoxSupError(f"{path}: missing or non-numeric <size><width>/<height>") from None
-        boxes = []
+        real = self.image_size(image_id)
+        if real != (width, height):
+            raise SizeMismatchError(f"{self.image_path(image_id)}: image is {_size_text(*real)} but {path} "
+                                    f"says {_size_text(width, height)}")
+        has_mask = self.mask_path(image_id).is_file()
+        if has_mask:
+            with _open_picture(self.mask_path(image_id), "mask") as im:
+                self._check_mask_size(image_id, im.size, real)
+        boxes, skips = self._boxes(path, root, width, height)
+        for reason, where in skips:  # counted only once the whole annotation is known to be good
+            self.skips.add(reason, where)
+        return ImageAnnotation(image_id, width, height, boxes, has_mask=has_mask)
+
+    def _boxes(self, path: Path, root: ET.Element, width: int, height: int) -> tuple[list[Box], list[tuple[str, str]]]:
+        """The XML's boxes clipped to the image, and the (reason, where) of each box clipped or dropped."""
+        boxes, skips = [], []
         for k, obj in enumerate(root.iter("object")):
             name = (obj.findtext("name") or "").strip()
             if name not in self.class_to_id:
@@ -144,12 +190,33 @@ class VOCDataset:
             x0, y0 = max(0, int(round(xmin)) - 1), max(0, int(round(ymin)) - 1)
             x1, y1 = min(width, int(round(xmax))), min(height, int(round(ymax)))
             if (x0, y0, x1, y1) != (int(round(xmin)) - 1, int(round(ymin)) - 1, int(round(xmax)), int(round(ymax))):
-                self.skips.add("box clipped to the image", f"{path} object {k}")
+                skips.append(("box clipped to the image", f"{path} object {k}"))
             if x1 <= x0 or y1 <= y0:
-                self.skips.add("box of zero area or outside the image", f"{path} object {k}")
+                skips.append(("box of zero area or outside the image", f"{path} object {k}"))
                 continue
             boxes.append(Box(x0, y0, x1, y1, self.class_to_id[name]))
-        return ImageAnnotation(image_id, width, height, boxes, has_mask=self.mask_path(image_id).is_file())
+        return boxes, skips
+
+    def load_annotations(self, skip_bad: bool) -> list[ImageAnnotation]:
+        """Every image's annotation, in split order.
+
+        ``skip_bad``: an image whose annotation, image or mask is unreadable, names an unknown
+        class or disagrees in size is left out, counted in ``skips`` and logged with its path;
+        otherwise the first such problem raises.
+        """
+        annotations, left_out = [], 0
+        for image_id in self.ids:
+            try:
+                annotations.append(self.annotation(image_id))
+            except BoxSupError as exc:
+                if not skip_bad:
+                    raise
+                why = "size mismatch" if isinstance(exc, SizeMismatchError) else "bad annotation, image or mask"
+                self.skips.add(f"image left out: {why}", str(exc))
+                left_out += 1
+        if left_out:
+            log.warning("%s: %d of %d images left out (see the lines above)", self.list_file, left_out, len(self.ids))
+        return annotations
 
 
 def write_voc_sample(

@@ -5,8 +5,9 @@ from boxsup.models.fcn import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_model,
+    fit_problem,
     normalize_image,
     parameter_groups,
 )
 
-__all__ = ["BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "build_model", "normalize_image", "parameter_groups"]
+__all__ = ["BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "build_model", "fit_problem", "normalize_image", "parameter_groups"]

@@ -188,22 +188,28 @@ def _unwrap_checkpoint(state: Any, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_own(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load a state dict of this very model; a classifier for another class count stays re-initialised."""
+def fit_problem(model: nn.Module, state: dict[str, torch.Tensor], any_classifier: bool = False) -> str | None:
+    """Why ``state`` cannot be loaded into ``model`` (keys, then shapes), or None when it fits.
+
+    ``any_classifier``: a ``classifier`` of another shape (another class count) is no problem.
+    """
     own = model.state_dict()
     odd_keys = sorted(set(own) ^ set(state))
     if odd_keys:
-        raise BoxSupError(
-            f"model.weights: {path} does not fit this model: {len(odd_keys)} missing or unexpected keys, e.g. {odd_keys[0]}"
-        )
+        return f"{len(odd_keys)} missing or unexpected keys, e.g. {odd_keys[0]}"
+    for key in own:
+        if state[key].shape != own[key].shape and not (any_classifier and key.startswith("classifier.")):
+            return f"{key} has shape {tuple(state[key].shape)}, expected {tuple(own[key].shape)}"
+    return None
+
+
+def _load_own(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load a state dict of this very model; a classifier for another class count stays re-initialised."""
+    problem = fit_problem(model, state, any_classifier=True)
+    if problem is not None:
+        raise BoxSupError(f"model.weights: {path} does not fit this model: {problem}")
+    own = model.state_dict()
     resized = [k for k in own if state[k].shape != own[k].shape]
-    backbone = [k for k in resized if not k.startswith("classifier.")]
-    if backbone:
-        key = backbone[0]
-        raise BoxSupError(
-            f"model.weights: {path} does not fit this model: {key} has shape {tuple(state[key].shape)}, "
-            f"expected {tuple(own[key].shape)}"
-        )
     if resized:
         log.warning("%s: the classifier is for another number of classes; it stays randomly initialised", path)
     model.load_state_dict({k: v for k, v in state.items() if k not in resized}, strict=not resized)

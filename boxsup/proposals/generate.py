@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -45,6 +45,12 @@ class BuildReport:
     skipped: Counter = field(default_factory=Counter)
 
 
+def store_meta(dataset: VOCDataset, method: str, max_candidates: int, seed: int) -> dict[str, Any]:
+    """The meta.json of a store of ``method`` proposals for ``dataset``'s split (written and checked alike)."""
+    return {"method": method, "max_candidates": max_candidates, "seed": seed,
+            "data_root": str(dataset.root.resolve()), "split": dataset.split}
+
+
 def build_store(
     dataset: VOCDataset,
     store: ProposalStore,
@@ -52,28 +58,30 @@ def build_store(
     max_candidates: int = 2000,
     seed: int = 0,
     progress: bool = True,
+    ids: list[str] | None = None,
 ) -> BuildReport:
-    """Make the candidate pool of every image of ``dataset`` that the store lacks.
+    """Make the candidate pool of every image of ``dataset`` (or of ``ids``) that the store lacks.
 
     Existing files are kept, so an interrupted build resumes. A store made by another method or
-    for another dataset is refused rather than mixed.
+    for another dataset or split is refused rather than mixed. An image whose annotation or
+    pixels cannot be read is left out, counted in the report and logged.
     """
-    meta = {"method": method, "max_candidates": max_candidates, "seed": seed, "data_root": str(dataset.root.resolve())}
-    old = store.read_meta()
-    if old is not None and (old.get("method"), old.get("data_root")) != (method, meta["data_root"]):
-        raise BoxSupError(
-            f"{store.meta_path}: store holds {old.get('method')!r} proposals for {old.get('data_root')}, "
-            f"not {method!r} for {meta['data_root']}; choose another proposals.store"
-        )
+    meta = store_meta(dataset, method, max_candidates, seed)
+    store.check_origin(meta)
     store.write_meta(meta)
     make = generator(method, max_candidates, seed)
     report = BuildReport()
     stored = store.stored_ids()  # one listing, not a request per image (object stores)
-    for image_id in tqdm(dataset.ids, desc=f"proposals[{method}]", disable=not progress, unit="img"):
+    for image_id in tqdm(dataset.ids if ids is None else ids, desc=f"proposals[{method}]", disable=not progress, unit="img"):
         if image_id in stored:
             report.reused += 1
             continue
-        pool = make(dataset.image(image_id), dataset.annotation(image_id).boxes_array())
+        try:
+            pool = make(dataset.image(image_id), dataset.annotation(image_id).boxes_array())
+        except BoxSupError as exc:
+            report.skipped["unreadable image or annotation"] += 1
+            log.warning("skipped %s", exc)
+            continue
         if pool.n_candidates == 0:
             report.skipped["no candidate"] += 1
             log.warning("%s: no candidate segment produced; the image will be skipped in label updates", image_id)

@@ -1,7 +1,8 @@
 """ProposalStore: one compressed file per image holding its CandidatePool, written atomically.
 
-Layout: ``STORE/meta.json`` (method and parameters that made the pool) and ``STORE/<image id>.npz``
-with the atom map and the CSR membership arrays. The store is made once and read every round.
+Layout: ``STORE/meta.json`` (method, parameters, dataset and split that made the pools) and
+``STORE/<image id>.npz`` with the atom map and the CSR membership arrays. The store is made once and
+read every round; ``check_origin`` refuses it for another method, dataset or split.
 ``STORE`` is a local directory or a URI (``s3://bucket/prefix``; see ``boxsup.utils.storage``).
 """
 
@@ -20,6 +21,14 @@ import scipy.sparse as sp
 from boxsup.errors import BoxSupError
 from boxsup.proposals.pool import CandidatePool
 from boxsup.utils.storage import open_location
+
+# meta.json entries that must match for a store to serve a run (the seed of a method may differ).
+ORIGIN_KEYS = ("method", "data_root", "split", "max_candidates")
+
+
+def _origin_text(meta: dict[str, Any]) -> str:
+    return (f"{meta.get('method')!r} proposals for {meta.get('data_root')} split {meta.get('split')!r} "
+            f"(max_candidates {meta.get('max_candidates')})")
 
 
 class ProposalStore:
@@ -51,6 +60,22 @@ class ProposalStore:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BoxSupError(f"{self.meta_path}: corrupt store metadata ({exc})") from None
 
+    def check_origin(self, expected: dict[str, Any]) -> None:
+        """Refuse this store unless its meta.json records ``expected``'s method, dataset, split and cap.
+
+        ``expected`` is what ``boxsup.proposals.generate.store_meta`` gives for this use. An empty
+        store passes; pools without a meta.json were not made here and are refused.
+        """
+        meta = self.read_meta()
+        if meta is None:
+            if self.stored_ids():
+                raise BoxSupError(f"{self.meta_path}: no meta.json: not made by boxsup proposals; "
+                                  "choose another proposals.store")
+            return
+        if any(meta.get(key) != expected.get(key) for key in ORIGIN_KEYS):
+            raise BoxSupError(f"{self.meta_path}: store holds {_origin_text(meta)}, not {_origin_text(expected)}; "
+                              "choose another proposals.store")
+
     def write_meta(self, meta: dict[str, Any]) -> None:
         self.location.write_bytes("meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
 
@@ -62,7 +87,16 @@ class ProposalStore:
         np.savez_compressed(buffer, atoms=atoms, indptr=m.indptr.astype(np.int64), indices=indices)
         self.location.write_bytes(f"{image_id}.npz", buffer.getvalue())
 
-    def _read(self, image_id: str, keys: tuple[str, ...]) -> list[np.ndarray]:
+    def _read(self, image_id: str, keys: tuple[str, ...], expected_shape: tuple[int, int] | None) -> list[np.ndarray]:
+        """The arrays ``keys`` (atoms first) of one image; ``expected_shape``: the image's (height, width)."""
+        arrays = self._read_arrays(image_id, keys)
+        shape = tuple(arrays[0].shape)
+        if expected_shape is not None and shape != tuple(expected_shape):
+            raise BoxSupError(f"{self.path(image_id)}: proposal atoms are {'x'.join(map(str, shape))}, the image is "
+                              f"{'x'.join(map(str, expected_shape))}: a store made for another dataset?")
+        return arrays
+
+    def _read_arrays(self, image_id: str, keys: tuple[str, ...]) -> list[np.ndarray]:
         try:
             data = self.location.read_bytes(f"{image_id}.npz")
         except FileNotFoundError:
@@ -73,12 +107,16 @@ class ProposalStore:
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise BoxSupError(f"{self.path(image_id)}: corrupt proposal file ({exc})") from None
 
-    def load_atoms(self, image_id: str) -> np.ndarray:
-        """Only the atom map: what a Train worker needs to reduce per-pixel losses."""
-        return self._read(image_id, ("atoms",))[0].astype(np.int32)
+    def load_atoms(self, image_id: str, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Only the atom map: what a Train worker needs to reduce per-pixel losses.
 
-    def load(self, image_id: str) -> CandidatePool:
-        atoms, indptr, indices = self._read(image_id, ("atoms", "indptr", "indices"))
+        ``expected_shape``: the image's (height, width); atoms of another shape are refused.
+        """
+        return self._read(image_id, ("atoms",), expected_shape)[0].astype(np.int32)
+
+    def load(self, image_id: str, expected_shape: tuple[int, int] | None = None) -> CandidatePool:
+        """The image's candidate pool; ``expected_shape`` as for ``load_atoms``."""
+        atoms, indptr, indices = self._read(image_id, ("atoms", "indptr", "indices"), expected_shape)
         atoms, indices = atoms.astype(np.int32), indices.astype(np.int32)
         n_atoms = int(atoms.max()) + 1 if atoms.size else 0
         data = np.ones(len(indices), dtype=np.float32)
