@@ -1,0 +1,92 @@
+"""How good a label update's choices are, on images whose masks are hidden from training (audit images).
+
+For every box B of class l_B and candidate S, the GT IoU is the IoU of S's part inside B with the
+GT pixels of class l_B inside B (void pixels left out). Per box it compares three choices:
+
+- *chosen*: the candidate the label update picked;
+- *E_o-best*: the candidate with the lowest E_o (what the box alone would pick);
+- *oracle*: the candidate with the highest GT IoU (the best the pool offers).
+
+With the atom-by-class GT histogram of the box-refined pool, all three are sparse products over
+atoms: no per-candidate mask is ever made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from boxsup.assign.assign import BoxedPool
+from boxsup.assign.paint import paint_labels
+
+
+@dataclass
+class ChoiceDiagnostics:
+    """Sums over the boxes of one image (or of a round, once added up)."""
+
+    boxes: int = 0
+    changed: int = 0  # painted region differs from the previous round's label map (boxes with one)
+    compared: int = 0  # boxes that had a previous round to compare with
+    not_eo_best: int = 0  # chosen candidate is not the E_o-best one
+    gt_iou_chosen: float = 0.0
+    gt_iou_eo_best: float = 0.0
+    gt_iou_oracle: float = 0.0
+
+    def __add__(self, other: "ChoiceDiagnostics") -> "ChoiceDiagnostics":
+        return ChoiceDiagnostics(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
+
+    def as_tuple(self) -> tuple:
+        return (self.boxes, self.changed, self.compared, self.not_eo_best,
+                self.gt_iou_chosen, self.gt_iou_eo_best, self.gt_iou_oracle)
+
+    def metrics(self) -> dict[str, float | None]:
+        """Per-round MLflow metrics: shares and mean GT IoUs (None without audited boxes)."""
+        if not self.boxes:
+            return {}
+        n = self.boxes
+        return {
+            "choice_changed": self.changed / self.compared if self.compared else None,
+            "choice_not_eo_best": self.not_eo_best / n,
+            "gt_iou_chosen": self.gt_iou_chosen / n,
+            "gt_iou_eo_best": self.gt_iou_eo_best / n,
+            "gt_iou_oracle": self.gt_iou_oracle / n,
+        }
+
+
+def candidate_gt_iou(boxed: BoxedPool, gt_histogram: sp.csr_matrix) -> np.ndarray:
+    """GT IoU of every (candidate, box) inside the box, (C, B); ``gt_histogram`` is (A, classes) pixel counts."""
+    counts = np.asarray(gt_histogram[:, boxed.labels].todense(), dtype=np.float64)  # (A, B): class l_B per atom
+    valid = np.asarray(gt_histogram.sum(axis=1), dtype=np.float64).ravel()  # non-void pixels per atom
+    inside = boxed.inside.astype(np.float64)
+    per_atom = np.concatenate([counts * inside, valid[:, None] * inside], axis=1)
+    inter, area = np.split(np.asarray(boxed.pool.sum_over_candidates(per_atom)), 2, axis=1)
+    gt_in_box = (counts * inside).sum(axis=0)[None, :]
+    union = area + gt_in_box - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def diagnose(
+    boxed: BoxedPool, chosen: np.ndarray, gt_histogram: sp.csr_matrix,
+    label_map: np.ndarray, previous_map: np.ndarray | None,
+) -> tuple[ChoiceDiagnostics, np.ndarray, np.ndarray]:
+    """One image's diagnostics, and the atom labels the E_o-best and the oracle choices would paint."""
+    iou = candidate_gt_iou(boxed, gt_histogram)
+    columns = np.arange(len(chosen))
+    eo_best = np.argmin(boxed.overlap, axis=0)
+    oracle = np.argmax(iou, axis=0)
+    out = ChoiceDiagnostics(
+        boxes=len(chosen),
+        not_eo_best=int((chosen != eo_best).sum()),
+        gt_iou_chosen=float(iou[chosen, columns].sum()),
+        gt_iou_eo_best=float(iou[eo_best, columns].sum()),
+        gt_iou_oracle=float(iou[oracle, columns].sum()),
+    )
+    if previous_map is not None and previous_map.shape == label_map.shape:
+        out.compared = len(chosen)
+        for (x0, y0, x1, y1), label in zip(boxed.boxes.astype(int), boxed.labels):
+            now, before = label_map[y0:y1, x0:x1] == label, previous_map[y0:y1, x0:x1] == label
+            out.changed += int((now != before).any())
+    paint = lambda choice: paint_labels(boxed.pool, boxed.inside, choice, boxed.labels)  # noqa: E731
+    return out, paint(eo_best), paint(oracle)

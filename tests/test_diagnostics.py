@@ -1,0 +1,58 @@
+"""The label-update diagnostics on a hand-made 4x4 pool: GT IoU of the chosen, E_o-best and oracle candidates."""
+
+import numpy as np
+import scipy.sparse as sp
+
+from boxsup.assign import BoxedPool
+from boxsup.assign.diagnostics import ChoiceDiagnostics, candidate_gt_iou, diagnose
+from boxsup.proposals.pool import CandidatePool
+
+# 4x4 image, four 2x2 atoms:  0 0 1 1 / 0 0 1 1 / 2 2 3 3 / 2 2 3 3; candidates {0}, {0,1}, {0,1,2,3}, {1}
+ATOMS = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+MEMBERS = [[0], [0, 1], [0, 1, 2, 3], [1]]
+
+
+def boxed_pool() -> BoxedPool:
+    m = np.zeros((len(MEMBERS), 4), np.float32)
+    for i, atoms in enumerate(MEMBERS):
+        m[i, atoms] = 1
+    return BoxedPool.build(CandidatePool(ATOMS, sp.csr_matrix(m)), np.array([[0, 0, 4, 4]]), np.array([1]))
+
+
+def gt_histogram(boxed: BoxedPool, mask: np.ndarray) -> sp.csr_matrix:
+    atoms = boxed.pool.atoms
+    valid = mask != 255
+    return sp.csr_matrix(sp.coo_matrix((np.ones(valid.sum()), (atoms[valid], mask[valid])), shape=(boxed.pool.n_atoms, 2)))
+
+
+def test_gt_iou_of_every_candidate_and_the_three_choices():
+    boxed = boxed_pool()
+    mask = np.zeros((4, 4), np.int64)
+    mask[:2, 2:] = 1  # the object is atom 1
+    mask[0, 0] = 255  # a void pixel counts nowhere
+    iou = candidate_gt_iou(boxed, gt_histogram(boxed, mask))[:, 0]
+    # {0}: 0/(3+4); {0,1}: 4/(7+4-4); everything: 4/(15+4-4); {1}: 4/4
+    np.testing.assert_allclose(iou, [0.0, 4 / 7, 4 / 15, 1.0])
+
+    label_map = np.zeros((4, 4), np.uint8)
+    label_map[:2, :] = 1  # the chosen {0,1} painted
+    previous = np.zeros((4, 4), np.uint8)
+    previous[:, :] = 1  # the whole box painted in the previous round
+    stats, eo_best, oracle = diagnose(boxed, np.array([1]), gt_histogram(boxed, mask), label_map, previous)
+    # E_o-best: the tight box of {0,1,2,3} is the box itself
+    assert stats == ChoiceDiagnostics(boxes=1, changed=1, compared=1, not_eo_best=1,
+                                      gt_iou_chosen=4 / 7, gt_iou_eo_best=4 / 15, gt_iou_oracle=1.0)
+    np.testing.assert_array_equal(oracle[boxed.pool.atoms] == 1, mask == 1)
+    assert (eo_best == 1).all()
+    metrics = (stats + stats).metrics()
+    assert metrics["choice_changed"] == 1.0 and metrics["gt_iou_oracle"] == 1.0
+
+
+def test_an_unchanged_choice_and_no_previous_round():
+    boxed = boxed_pool()
+    mask = np.ones((4, 4), np.int64)
+    label_map = np.ones((4, 4), np.uint8)
+    stats, _, _ = diagnose(boxed, np.array([2]), gt_histogram(boxed, mask), label_map, label_map.copy())
+    assert (stats.changed, stats.compared, stats.not_eo_best, stats.gt_iou_chosen) == (0, 1, 0, 1.0)
+    stats, _, _ = diagnose(boxed, np.array([2]), gt_histogram(boxed, mask), label_map, None)
+    assert stats.compared == 0 and stats.metrics()["choice_changed"] is None
