@@ -15,9 +15,12 @@ def tiny_data(tmp_path_factory):
     return root
 
 
-def test_tiny_boxsup_run_is_tracked_and_evaluable(ray_session, tmp_path, tiny_data, tiny_config, capsys):
-    """Two Ray Train workers and two assignment actors, end to end."""
+def test_tiny_boxsup_run_is_tracked_and_evaluable(ray_session, tmp_path, tiny_data, tiny_config, capsys, monkeypatch):
+    """Two Ray Train workers and two assignment actors, end to end; nothing lands in the working directory."""
     config = tiny_config(tiny_data)
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
     assert main(["train", "--config", str(config), "--set", "tracking.run_name=tiny"]) == 0
     out = capsys.readouterr().out
     assert "val mIoU" in out and "pseudo-label mIoU by round" in out
@@ -43,6 +46,8 @@ def test_tiny_boxsup_run_is_tracked_and_evaluable(ray_session, tmp_path, tiny_da
 
     assert main(["eval", "--checkpoint", str(run_dir / "checkpoint.pt"), "--data", str(tiny_data), "--split", "val"]) == 0
     assert "mIoU" in capsys.readouterr().out
+    assert list(workdir.iterdir()) == []  # no ./mlruns: artifacts sit beside the tracking database
+    assert (tmp_path / "mlartifacts").is_dir()
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path, tiny_data, tiny_config, capsys):

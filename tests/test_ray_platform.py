@@ -93,14 +93,14 @@ def single_run(tmp_path):
 def test_interrupted_run_resumes_in_the_same_mlflow_run(ray_session, labelled_setup, tmp_path, tiny_config, monkeypatch, capsys):
     root = labelled_setup[0]
     config = tiny_config(root / "data")
-    monkeypatch.setenv("BOXSUP_FAIL_AFTER_EPOCH", "0")
+    monkeypatch.setenv("BOXSUP_FAULT", "raise:0")
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "--resume" in err, err
     run, history = single_run(tmp_path)
     assert run.info.status == "FAILED" and history["train_loss"] == [0]
 
-    monkeypatch.delenv("BOXSUP_FAIL_AFTER_EPOCH")
+    monkeypatch.delenv("BOXSUP_FAULT")
     assert main(["train", "--resume", str(tmp_path / "runs" / "r")]) == 0
     run, history = single_run(tmp_path)  # still exactly one run
     assert run.info.status == "FINISHED"
@@ -112,12 +112,12 @@ def test_interrupted_run_resumes_in_the_same_mlflow_run(ray_session, labelled_se
 def test_a_failed_train_worker_recovers_from_its_checkpoint(ray_session, labelled_setup, tmp_path, tiny_config, monkeypatch):
     root = labelled_setup[0]
     config = tiny_config(root / "data", ray__max_failures=1)
-    monkeypatch.setenv("BOXSUP_FAIL_AFTER_EPOCH", "1")
+    monkeypatch.setenv("BOXSUP_FAULT", "raise:1")
     assert main(["train", "--config", str(config)]) == 0
     run, history = single_run(tmp_path)
     assert run.info.status == "FINISHED"
     assert history == {"train_loss": [0, 1, 2], "pseudo_miou": [0, 1, 2]}
-    assert (tmp_path / "runs" / "r" / ".failed-after-epoch-1").exists()  # the failure did happen
+    assert (tmp_path / "runs" / "r" / ".fault-raise-1").exists()  # the failure did happen
 
 
 def test_in_process_mode_resumes_too(labelled_setup, tmp_path, tiny_config, monkeypatch):
@@ -127,10 +127,10 @@ def test_in_process_mode_resumes_too(labelled_setup, tmp_path, tiny_config, monk
 
     root = labelled_setup[0]
     cfg = load_config(tiny_config(root / "data", ray__num_workers=0))
-    monkeypatch.setenv("BOXSUP_FAIL_AFTER_EPOCH", "1")
+    monkeypatch.setenv("BOXSUP_FAULT", "raise:1")
     with pytest.raises(RuntimeError, match="injected failure"):
         run_boxsup(cfg, progress=False)
-    monkeypatch.delenv("BOXSUP_FAIL_AFTER_EPOCH")
+    monkeypatch.delenv("BOXSUP_FAULT")
     result = run_boxsup({}, progress=False, resume=tmp_path / "runs" / "r")
     run, history = single_run(tmp_path)
     assert run.info.status == "FINISHED" and history == {"train_loss": [0, 1, 2], "pseudo_miou": [0, 1, 2]}

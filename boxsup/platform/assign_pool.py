@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,6 +31,8 @@ from boxsup.data.voc import VOCDataset
 from boxsup.errors import BoxSupError
 from boxsup.proposals.store import ProposalStore
 from boxsup.assign.cache import BoxedPoolCache
+from boxsup.assign.diagnostics import ChoiceDiagnostics, diagnose
+from boxsup.trainers.faults import Fault, kill
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,10 @@ class ImageResult:
     chosen_cost_sum: float = 0.0
     skipped: str | None = None
     confusion: dict[int, int] = field(default_factory=dict)  # flat index -> count, vs the hidden GT
+    # audit images only (a hidden mask): the choices' quality, and the confusions of the E_o-best
+    # and oracle choices ("eo_best", "oracle") for comparison
+    diagnostics: ChoiceDiagnostics | None = None
+    reference_confusions: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class AssignmentSpec:
     k: int
     seed: int
     cache_images: int = 4096
+    fault: Fault | None = None  # the recovery tests' injected fault (kill-actor), see boxsup.trainers.faults
 
 
 class Assigner:
@@ -70,14 +78,23 @@ class Assigner:
         self.labels = LabelStore(spec.label_store)
         self._annotations: dict[str, ImageAnnotation] = {}
         self._gt_histograms: dict[str, sp.csr_matrix] = {}
+        self._assigned: Counter = Counter()  # images labelled per round (for the kill-actor fault)
 
     def annotation(self, image_id: str) -> ImageAnnotation:
         if image_id not in self._annotations:
             self._annotations[image_id] = self.dataset.annotation(image_id)
         return self._annotations[image_id]
 
-    def assign(self, round_index: int, image_id: str, atom_means: np.ndarray | None) -> ImageResult:
-        """Label one image for ``round_index`` from a worker's per-atom mean costs (None: E_o alone)."""
+    def assign(
+        self, round_index: int, image_id: str, atom_means: np.ndarray | None, previous_round: int | None = None,
+    ) -> ImageResult:
+        """Label one image for ``round_index`` from a worker's per-atom mean costs (None: E_o alone).
+
+        ``previous_round``: the round before this one, whose label map the diagnostics compare with.
+        """
+        self._assigned[round_index] += 1
+        if self.spec.fault and self._assigned[round_index] == 2 and self.spec.fault.fires("kill-actor", round_index):
+            kill()
         ann = self.annotation(image_id)
         if not ann.boxes:
             return ImageResult(image_id, skipped="no box")
@@ -93,24 +110,37 @@ class Assigner:
         self.labels.write(round_index, image_id, result.label_map)
         out = ImageResult(image_id, len(result.chosen), float(result.chosen_cost.sum()))
         if ann.has_mask:
-            out.confusion = self.pseudo_label_confusion(image_id, boxed.pool.atoms, result.atom_labels)
+            self.audit(out, boxed, result, round_index, previous_round)
         return out
 
-    def pseudo_label_confusion(self, image_id: str, atoms: np.ndarray, atom_labels: np.ndarray) -> dict[int, int]:
-        """Confusion of the label map against the hidden GT, as {flat index: count}.
+    def audit(self, out: ImageResult, boxed, result, round_index: int, previous_round: int | None) -> None:
+        """Score an image's new labels against its hidden mask (``pseudo_miou`` and the choice diagnostics)."""
+        hist = self.gt_histogram(out.image_id, boxed.pool.atoms)
+        out.confusion = self.pseudo_label_confusion(hist, result.atom_labels)
+        previous = None
+        if previous_round is not None and self.labels.has(previous_round, out.image_id):
+            previous = self.labels.read(previous_round, out.image_id)
+        out.diagnostics, eo_best, oracle = diagnose(boxed, result.chosen, hist, result.label_map, previous)
+        out.reference_confusions = {"eo_best": self.pseudo_label_confusion(hist, eo_best),
+                                    "oracle": self.pseudo_label_confusion(hist, oracle)}
 
-        The GT is read once per image and kept as a sparse atom-by-class histogram (a few KB), so
-        later rounds cost one bincount over atoms, not a pass over the pixels.
+    def gt_histogram(self, image_id: str, atoms: np.ndarray) -> sp.csr_matrix:
+        """The hidden GT as a sparse atom-by-class pixel-count histogram (void left out), read once per image.
+
+        A few KB per image, so later rounds cost one bincount over atoms, not a pass over the pixels.
         """
-        n = self.dataset.num_classes
         if image_id not in self._gt_histograms:
             mask = self.dataset.mask(image_id)
             valid = mask != IGNORE
             counts = sp.coo_matrix((np.ones(valid.sum()), (atoms[valid], mask[valid].astype(np.int64))),
-                                   shape=(int(atoms.max()) + 1, n)).tocsr()
+                                   shape=(int(atoms.max()) + 1, self.dataset.num_classes)).tocsr()
             counts.sum_duplicates()
             self._gt_histograms[image_id] = counts
-        hist = self._gt_histograms[image_id]
+        return self._gt_histograms[image_id]
+
+    def pseudo_label_confusion(self, hist: sp.csr_matrix, atom_labels: np.ndarray) -> dict[int, int]:
+        """Confusion of atom labels against the GT histogram, as {flat index: count}."""
+        n = self.dataset.num_classes
         rows = np.repeat(np.arange(hist.shape[0]), np.diff(hist.indptr))
         flat = np.bincount(hist.indices * n + atom_labels[rows], weights=hist.data, minlength=n * n)
         return {int(i): int(flat[i]) for i in np.flatnonzero(flat)}
@@ -139,7 +169,7 @@ class AssignmentPool:
         self.actor_cpus = actor_cpus
         self.generations = [0] * num_actors
         self.actors = [self._actor(shard, 0) for shard in range(num_actors)]
-        self._pending: dict[ray.ObjectRef, tuple[int, str, np.ndarray | None, object]] = {}
+        self._pending: dict[ray.ObjectRef, tuple[tuple, object]] = {}
         self.replaced = 0
 
     def _actor(self, shard: int, generation: int):
@@ -154,9 +184,12 @@ class AssignmentPool:
         state["_pending"] = {}
         return state
 
-    def submit(self, round_index: int, image_id: str, atom_means: np.ndarray | None) -> None:
+    def submit(
+        self, round_index: int, image_id: str, atom_means: np.ndarray | None, previous_round: int | None = None,
+    ) -> None:
         actor = self.actors[shard_of(image_id, self.num_actors)]
-        self._pending[actor.assign.remote(round_index, image_id, atom_means)] = (round_index, image_id, atom_means, actor)
+        args = (round_index, image_id, atom_means, previous_round)
+        self._pending[actor.assign.remote(*args)] = (args, actor)
 
     def _replace(self, shard: int, dead) -> None:
         if self.actors[shard] is dead:  # an earlier failure of the same actor may have replaced it
@@ -170,12 +203,12 @@ class AssignmentPool:
         while self._pending:
             done, _ = ray.wait(list(self._pending), num_returns=1)
             ref = done[0]
-            round_index, image_id, atom_means, actor = self._pending.pop(ref)
+            args, actor = self._pending.pop(ref)
             try:
                 result = ray.get(ref)
             except RayActorError:
-                self._replace(shard_of(image_id, self.num_actors), actor)
-                self.submit(round_index, image_id, atom_means)
+                self._replace(shard_of(args[1], self.num_actors), actor)
+                self.submit(*args)
                 continue
             results.append(result)
             if on_result is not None:
@@ -195,8 +228,10 @@ class LocalAssignmentPool:
         self._results: list[ImageResult] = []
         self.replaced = 0
 
-    def submit(self, round_index: int, image_id: str, atom_means: np.ndarray | None) -> None:
-        self._results.append(self.assigner.assign(round_index, image_id, atom_means))
+    def submit(
+        self, round_index: int, image_id: str, atom_means: np.ndarray | None, previous_round: int | None = None,
+    ) -> None:
+        self._results.append(self.assigner.assign(round_index, image_id, atom_means, previous_round))
 
     def collect(self, on_result: Callable[[ImageResult], None] | None = None) -> list[ImageResult]:
         results, self._results = self._results, []

@@ -2,7 +2,8 @@
 
 The loop in ``boxsup.trainers.loop`` talks only to this interface: its rank and world size, its
 device, collectives on numpy arrays, DDP wrapping, reporting a checkpoint directory and loading
-the last one back.
+the last one back. Checkpoints hold tensors and plain types only and load with ``weights_only=True``:
+nothing in a checkpoint file can run code.
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from boxsup.errors import BoxSupError
 from boxsup.utils.storage import open_location
+
+
+def load_state(source: str | Path | io.BytesIO, name: str) -> dict[str, Any]:
+    """A training state written by ``save_state``; ``weights_only`` unpickling, one-line errors."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types: UnpicklingError for a foreign object, RuntimeError, EOFError
+        raise BoxSupError(f"{name}: cannot load the training state ({type(exc).__name__}: "
+                          f"{(str(exc).strip().splitlines() or [''])[0][:200]}); it must hold tensors and plain types only") from None
 
 
 class LocalContext:
@@ -40,12 +51,15 @@ class LocalContext:
     def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
+    def broadcast_buffers(self, model: torch.nn.Module) -> None:
+        pass
+
     def load_checkpoint(self) -> dict[str, Any] | None:
         try:
             data = self.run_dir.read_bytes("checkpoints/latest/state.pt")
         except FileNotFoundError:
             return None
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        return load_state(io.BytesIO(data), str(self.run_dir.path("checkpoints/latest/state.pt")))
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         if self.report_to_tune:
@@ -97,6 +111,20 @@ class RayTrainContext:
 
         return ray.train.torch.prepare_model(model, move_to_device=False)
 
+    def broadcast_buffers(self, model: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (BatchNorm statistics), the ones its checkpoint holds.
+
+        DDP leaves each rank with statistics of its own last batch; a rank restarted from rank 0's
+        checkpoint would otherwise label and evaluate with other numbers than an uninterrupted one.
+        """
+        if self.world == 1:
+            return
+        for buffer in model.buffers():
+            if buffer.is_floating_point() or buffer.dtype in (torch.int64, torch.int32):
+                moved = buffer.data.to(self._tensor_device())
+                torch.distributed.broadcast(moved, src=0)
+                buffer.data.copy_(moved)
+
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The state of the last reported checkpoint: after a worker failure, or on --resume."""
         import ray.train
@@ -105,7 +133,7 @@ class RayTrainContext:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as directory:
-            return torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=False)
+            return load_state(Path(directory) / "state.pt", f"{checkpoint.path}/state.pt")
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         import ray.train

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from boxsup.errors import BoxSupError
 from boxsup.platform.assign_pool import AssignmentPool, AssignmentSpec
-from boxsup.trainers.loop import train_worker
+from boxsup.platform.guard import driver_guard
+from boxsup.trainers.loop import USER_ERROR_FILE, train_worker
 from boxsup.utils.storage import open_location
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def init_ray(cfg: dict[str, Any], min_cpus: float = 0.0) -> None:
         ray.init(address=address)
         return
     needed = max(run_cpus(cfg), min_cpus)
+    driver_guard()  # a killed driver must not leave this Ray's processes running
     ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)))
 
 
@@ -64,14 +66,27 @@ def fit_with_ray(
                                      resources_per_worker={"CPU": r["cpus_per_worker"]}),
         run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
                              failure_config=FailureConfig(max_failures=r["max_failures"]),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),  # the last and the one being written
                              callbacks=[TuneReportCallback()] if report_to_tune else None),
     )
+    run_files = open_location(run_dir)
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
+        raise_user_error(run_files)
         user_error = re.search(r"BoxSupError: (.+)", str(exc))
         if user_error:  # a user's mistake found on a worker (a corrupt image, say): say just that
             raise BoxSupError(user_error.group(1).strip()) from None
         raise BoxSupError(f"training failed ({str(exc).splitlines()[0]}); continue with `boxsup train --resume {run_dir}`") from None
     finally:
         pool.kill()
+    raise_user_error(run_files)  # the workers stopped at once on a recorded mistake
+
+
+def raise_user_error(run_files) -> None:
+    """The user's mistake a worker recorded in the run directory, as the one-line error it is."""
+    try:
+        message = run_files.read_bytes(USER_ERROR_FILE).decode()
+    except FileNotFoundError:
+        return
+    raise BoxSupError(message) from None

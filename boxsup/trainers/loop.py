@@ -6,6 +6,12 @@ alone), then epoch r trains on them. Each worker runs the network over its share
 and sends per-atom mean costs to the assignment pool, which writes the label maps; the training
 images are sharded by a ``DistributedSampler``; validation is sharded and its confusion matrix
 summed. Rank 0 alone logs to MLflow and writes checkpoints.
+
+Recovery is exact: every random draw of an epoch comes from a stream keyed on (seed, epoch, rank),
+every rank holds rank 0's buffers after an epoch, and rank 0 never logs a step twice, so a run
+restarted from any checkpoint (a killed worker, ``--resume`` after a killed driver) ends with the
+same model and metrics as one that was never interrupted. A user's mistake found on a worker is
+written to ``<run dir>/.user_error``; the restarted workers see it and stop at once.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from boxsup.assign.assign import atom_mean_costs
+from boxsup.assign.diagnostics import ChoiceDiagnostics
 from boxsup.config import resolve_classes
 from boxsup.data.annotations import ImageAnnotation, Supervision
 from boxsup.data.label_store import LabelStore
@@ -40,6 +47,7 @@ from boxsup.proposals.pool import split_atoms_by_boxes
 from boxsup.proposals.store import ProposalStore
 from boxsup.trainers.artifacts import publish
 from boxsup.trainers.epoch import pixel_costs, train_one_epoch
+from boxsup.trainers.faults import Fault, kill
 from boxsup.trainers.training_set import TrainingSet
 from boxsup.utils.storage import open_location
 
@@ -54,20 +62,51 @@ class RoundSummary:
     skipped: Counter
     boxes: int
     chosen_cost_sum: float
-    confusion: np.ndarray
+    confusions: dict[str, np.ndarray]  # "chosen" (the labels), "eo_best", "oracle": vs the audit images' masks
+    diagnostics: ChoiceDiagnostics
     seconds: float
 
     def metrics(self) -> dict[str, float | None]:
-        confusion = ConfusionMatrix(len(self.confusion))
-        confusion.matrix = self.confusion.astype(np.int64)
-        pseudo = confusion.compute().miou if self.confusion.sum() else None
-        return {"pseudo_miou": pseudo, "mean_chosen_cost": self.chosen_cost_sum / max(self.boxes, 1),
-                "skipped_images": float(sum(self.skipped.values())), "label_update_seconds": self.seconds}
+        """``pseudo_miou`` (the round's labels), ``pseudo_miou_eo_best`` / ``_oracle`` (the box's or the
+        best available choice, on the same images), the choice diagnostics, cost, skips and time."""
+        out: dict[str, float | None] = {}
+        for name, matrix in self.confusions.items():
+            confusion = ConfusionMatrix(len(matrix))
+            confusion.matrix = matrix.astype(np.int64)
+            out["pseudo_miou" if name == "chosen" else f"pseudo_miou_{name}"] = confusion.compute().miou if matrix.sum() else None
+        return out | self.diagnostics.metrics() | {
+            "mean_chosen_cost": self.chosen_cost_sum / max(self.boxes, 1),
+            "skipped_images": float(sum(self.skipped.values())), "label_update_seconds": self.seconds}
+
+
+CONFUSIONS = ("chosen", "eo_best", "oracle")
+
+
+def summarize_round(ctx, results: list, num_classes: int, started: float) -> tuple[RoundSummary, list[tuple[str, str | None]]]:
+    """Every worker's image results, summed over the workers; and every (image id, skip reason)."""
+    n = num_classes
+    confusions = np.zeros((len(CONFUSIONS), n * n))
+    diagnostics = ChoiceDiagnostics()
+    for r in results:
+        for row, counts in enumerate([r.confusion, r.reference_confusions.get("eo_best", {}), r.reference_confusions.get("oracle", {})]):
+            for index, count in counts.items():
+                confusions[row, index] += count
+        if r.diagnostics is not None:
+            diagnostics = diagnostics + r.diagnostics
+    totals = ctx.all_reduce(np.array([sum(r.boxes for r in results), sum(r.chosen_cost_sum for r in results),
+                                      *diagnostics.as_tuple()], dtype=np.float64))
+    confusions = ctx.all_reduce(confusions).reshape(len(CONFUSIONS), n, n)
+    outcomes = [item for part in ctx.all_gather([(r.image_id, r.skipped) for r in results]) for item in part]
+    labelled = sorted(i for i, why in outcomes if why is None)
+    skipped = Counter(why for _, why in outcomes if why is not None)
+    diagnostics = ChoiceDiagnostics(*(int(v) if i < 4 else float(v) for i, v in enumerate(totals[2:])))
+    return RoundSummary(labelled, skipped, int(totals[0]), float(totals[1]), dict(zip(CONFUSIONS, confusions)),
+                        diagnostics, time.perf_counter() - started), outcomes
 
 
 def label_round(
     ctx, job: dict[str, Any], model: torch.nn.Module | None, round_index: int,
-    box_images: list[ImageAnnotation], dataset: VOCDataset, progress: bool,
+    box_images: list[ImageAnnotation], dataset: VOCDataset, progress: bool, previous_round: int | None = None,
 ) -> RoundSummary:
     """One round over every box image: this worker's share through the network, all through the pool."""
     started = time.perf_counter()
@@ -80,28 +119,19 @@ def label_round(
         sums = None
         if use_network and ann.boxes:
             try:  # one read, no existence check first: a request saved per image on object stores
-                atoms = split_atoms_by_boxes(store.load_atoms(ann.image_id), ann.boxes_array())[0]
+                atoms = store.load_atoms(ann.image_id, expected_shape=(ann.height, ann.width))
+                atoms = split_atoms_by_boxes(atoms, ann.boxes_array())[0]
             except BoxSupError:
                 atoms = None  # a missing or corrupt proposal file: the actor reports the image as skipped
             if atoms is not None:
                 costs = pixel_costs(model, dataset.image(ann.image_id), ctx.device, kind)
                 sums = atom_mean_costs(costs, atoms, ann.labels_array())
-        pool.submit(round_index, ann.image_id, sums)
-    results = pool.collect()
-    n = dataset.num_classes
-    confusion = np.zeros(n * n)
-    for r in results:
-        for index, count in r.confusion.items():
-            confusion[index] += count
-    totals = ctx.all_reduce(np.array([sum(r.boxes for r in results), sum(r.chosen_cost_sum for r in results)]))
-    confusion = ctx.all_reduce(confusion).reshape(n, n)
-    outcomes = [item for part in ctx.all_gather([(r.image_id, r.skipped) for r in results]) for item in part]
-    labelled = sorted(i for i, why in outcomes if why is None)
-    skipped = Counter(why for _, why in outcomes if why is not None)
+        pool.submit(round_index, ann.image_id, sums, previous_round)
+    summary, outcomes = summarize_round(ctx, pool.collect(), dataset.num_classes, started)
     for image_id, why in outcomes:
         if why is not None and ctx.rank == 0:
             log.warning("%s: %s; skipped in round %d", image_id, why, round_index)
-    return RoundSummary(labelled, skipped, int(totals[0]), float(totals[1]), confusion, time.perf_counter() - started)
+    return summary
 
 
 def distributed_evaluate(ctx, model: torch.nn.Module, dataset: VOCDataset, cfg: dict, progress: bool) -> ConfusionMatrix:
@@ -113,9 +143,16 @@ def distributed_evaluate(ctx, model: torch.nn.Module, dataset: VOCDataset, cfg: 
 
 
 def save_state(directory: Path, model, optimizer, scheduler, epoch: int, label_round: int, labelled: list[str]) -> None:
+    """Tensors and plain types only: the state loads back with ``weights_only=True``."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "epoch": epoch, "label_round": label_round, "labelled": labelled, "torch_rng": torch.get_rng_state()}
+             "epoch": epoch, "label_round": label_round, "labelled": list(labelled)}
     torch.save(state, directory / "state.pt")
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed torch's generator from (seed, epoch, rank): dropout and loader seeds of an epoch are the same
+    whether the run got there without a break or restarted from the previous epoch's checkpoint."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
 
 
 def label_evolution_rows(annotations, dataset, labels: LabelStore, rounds: list[int], n_images: int = 4):
@@ -152,13 +189,32 @@ def final_artifacts(job, logger: RunLogger, model, confusion: ConfusionMatrix, c
     run_dir.write_bytes("result.json", json.dumps(result, indent=2).encode())
 
 
+USER_ERROR_FILE = ".user_error"
+
+
 def train_worker(job: dict[str, Any]) -> None:
-    """The per-worker training function (a Ray Train ``train_loop_per_worker``)."""
+    """The per-worker training function (a Ray Train ``train_loop_per_worker``).
+
+    A user's mistake (``BoxSupError``) is recorded in the run directory before it is raised; Ray
+    Train then restarts the workers, which find the record and return at once (no retries spent
+    on a mistake that would only happen again); the driver reports the recorded line.
+    """
     from boxsup.platform.context import RayTrainContext
 
     ctx = job.get("context") or RayTrainContext()
     if "context" not in job:
         quiet_ray_train_reports()
+    run_dir = open_location(job["run_dir"])
+    if run_dir.exists(USER_ERROR_FILE):
+        return
+    try:
+        _train(ctx, job)
+    except BoxSupError as exc:
+        run_dir.write_bytes(USER_ERROR_FILE, str(exc).encode())
+        raise
+
+
+def _train(ctx, job: dict[str, Any]) -> None:
     cfg, t = job["config"], job["config"]["train"]
     progress = ctx.rank == 0 and job.get("progress", True)
     seed = cfg["seed"]
@@ -181,22 +237,25 @@ def train_worker(job: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
         start_epoch, label_round_index, labelled = state["epoch"] + 1, state["label_round"], state["labelled"]
         log.info("resuming after epoch %d (labels of round %d)", state["epoch"], label_round_index)
     network = ctx.wrap_model(model)
     scaler = torch.amp.GradScaler("cuda") if t["amp"] and ctx.device.type == "cuda" else None
     logger = RunLogger(job["tracking_uri"], job["mlflow_run_id"]) if ctx.rank == 0 else None
+    logged = logger.logged_steps("train_loss") if logger is not None else set()  # by an earlier attempt
+    fault: Fault | None = job.get("fault")
     labels = LabelStore(job["label_store"])
     training_set = TrainingSet(train_data, annotations, labels, cfg["data"]["crop_size"], seed)
     rounds = labels.rounds(up_to=label_round_index) if state is not None else []
     confusion = None
 
     for epoch in range(start_epoch, t["epochs"]):
+        seed_epoch(seed, epoch, ctx.rank)
         metrics: dict[str, float | None] = {}
         update = epoch == 0 or (cfg["assign"]["update"] and epoch >= cfg["assign"]["warmup_epochs"])
         if box_images and update:
-            summary = label_round(ctx, job, model if epoch else None, epoch, box_images, train_data, progress)
+            summary = label_round(ctx, job, model if epoch else None, epoch, box_images, train_data, progress,
+                                  previous_round=rounds[-1] if rounds else None)
             label_round_index, labelled = epoch, summary.labelled
             rounds.append(epoch)
             metrics.update(summary.metrics())
@@ -215,7 +274,10 @@ def train_worker(job: dict[str, Any]) -> None:
                             num_workers=t["loader_workers"], pin_memory=ctx.device.type == "cuda")
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        loss = train_one_epoch(network, loader, optimizer, ctx.device, progress, scaler)
+        killer = fault.fires if fault is not None and ctx.rank == ctx.world - 1 else None
+        batches = kill_after_first_batch(loader) if killer and killer("kill-worker", epoch) else loader
+        loss = train_one_epoch(network, batches, optimizer, ctx.device, progress, scaler)
+        ctx.broadcast_buffers(model)
         scheduler.step()
         loss = float(ctx.all_reduce(np.array([loss]))[0] / ctx.world)
         metrics.update(train_loss=loss, lr=lr, epoch_seconds=time.perf_counter() - started)
@@ -230,13 +292,16 @@ def train_worker(job: dict[str, Any]) -> None:
             ordered = {k: metrics[k] for k in first if k in metrics} | metrics
             ctx.report({k: v for k, v in ordered.items() if v is not None} | {"epoch": epoch},
                        Path(tmp) if ctx.rank == 0 else None)
-        if logger is not None:  # after the checkpoint: a restarted epoch never logs twice
+        if logger is not None and epoch not in logged:  # a re-run epoch has the same values: log them once
             logger.log_metrics(metrics, step=epoch)
             log.info("epoch %d: loss %.4f%s", epoch, loss,
                      f", val mIoU {metrics['val_miou']:.4f}" if "val_miou" in metrics else "")
-        inject_failure(job, epoch, ctx.rank)
+        if fault is not None and ctx.rank == 0:
+            inject_fault(fault, epoch, job.get("driver_pid"))
 
-    if ctx.rank == 0 and confusion is not None:
+    if confusion is None:  # restarted after the last epoch's checkpoint: score the model it holds
+        confusion = distributed_evaluate(ctx, model, val_data, cfg, progress)
+    if ctx.rank == 0:
         final_artifacts(job, logger, model, confusion, classes, annotations, train_data, rounds)
 
 
@@ -250,12 +315,17 @@ def quiet_ray_train_reports() -> None:
     logging.getLogger(train_storage.__name__).setLevel(logging.WARNING)  # "Checkpoint successfully created"
 
 
-def inject_failure(job: dict[str, Any], epoch: int, rank: int) -> None:
-    """Test hook: fail once after ``job['fail_after_epoch']`` (from BOXSUP_FAIL_AFTER_EPOCH)."""
-    if job.get("fail_after_epoch") != epoch or rank != 0:
-        return
-    run_dir, marker = open_location(job["run_dir"]), f".failed-after-epoch-{epoch}"
-    if run_dir.exists(marker):
-        return
-    run_dir.write_bytes(marker, b"")
-    raise RuntimeError(f"injected failure after epoch {epoch} (BOXSUP_FAIL_AFTER_EPOCH)")
+def inject_fault(fault: Fault, epoch: int, driver_pid: int | None) -> None:
+    """Rank 0's test hooks after epoch ``epoch`` is checkpointed and logged (see ``boxsup.trainers.faults``)."""
+    if fault.fires("raise", epoch):
+        raise RuntimeError(f"injected failure after epoch {epoch} (BOXSUP_FAULT)")
+    if driver_pid and fault.fires("kill-driver", epoch):
+        kill(driver_pid)
+
+
+def kill_after_first_batch(loader):
+    """The loader's batches; this process is SIGKILLed when the second is asked for (mid-epoch)."""
+    for index, batch in enumerate(loader):
+        if index == 1:
+            kill()
+        yield batch

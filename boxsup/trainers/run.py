@@ -22,13 +22,15 @@ from boxsup.data.annotations import ImageAnnotation, Supervision
 from boxsup.data.supervision import apply_supervision, images_with_masks
 from boxsup.data.voc import VOCDataset
 from boxsup.errors import BoxSupError
-from boxsup.proposals.generate import build_store
+from boxsup.proposals.generate import build_store, store_meta
 from boxsup.proposals.store import ProposalStore
 from boxsup.platform.assign_pool import AssignmentSpec, LocalAssignmentPool
 from boxsup.platform.context import LocalContext
 from boxsup.platform.ray_train import fit_with_ray
+from boxsup.platform.guard import driver_guard
 from boxsup.platform.tracking import RunLogger, end_run, reopen_run, start_run, tracking_uri
-from boxsup.trainers.loop import train_worker
+from boxsup.trainers.faults import fault_from_env
+from boxsup.trainers.loop import USER_ERROR_FILE, train_worker
 from boxsup.utils.storage import Location, canonical, join, open_location
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,14 @@ def select_device(name: str) -> torch.device:
 
 
 def load_training_annotations(cfg: dict[str, Any], dataset: VOCDataset) -> list[ImageAnnotation]:
-    """Annotations of the training split with each image's supervision kind set."""
-    annotations = [dataset.annotation(i) for i in dataset.ids]
+    """Annotations of the training split with each image's supervision kind set.
+
+    An image that cannot be used (unreadable, unknown class, its size not its XML's or its mask's)
+    is left out, counted and logged; when none is left the run stops.
+    """
+    annotations = dataset.load_annotations(skip_bad=True)
+    if not annotations:
+        raise BoxSupError(f"{dataset.list_file}: none of the {len(dataset.ids)} training images can be used (see the warnings above)")
     d = cfg["data"]
     masked = images_with_masks(dataset.ids, d["supervision"], cfg["seed"], d["mask_fraction"], d["mask_list"])
     missing = apply_supervision(annotations, masked)
@@ -73,12 +81,21 @@ def proposal_store(cfg: dict[str, Any], dataset: VOCDataset) -> ProposalStore:
     return ProposalStore(join(cfg["output"]["dir"], "proposals", name))
 
 
-def ensure_proposals(cfg: dict[str, Any], dataset: VOCDataset, progress: bool) -> ProposalStore:
-    """Build whatever part of the proposal store is missing (first use of a method)."""
+def checked_proposal_store(cfg: dict[str, Any], dataset: VOCDataset) -> ProposalStore:
+    """The run's proposal store, refused unless made (or empty, to be made) for this method, dataset and split."""
     store = proposal_store(cfg, dataset)
-    if not set(dataset.ids) <= store.stored_ids():
-        log.info("building %s proposals into %s", cfg["proposals"]["method"], store.root)
-        build_store(dataset, store, cfg["proposals"]["method"], cfg["proposals"]["max_candidates"], cfg["seed"], progress)
+    store.check_origin(store_meta(dataset, cfg["proposals"]["method"], cfg["proposals"]["max_candidates"], cfg["seed"]))
+    return store
+
+
+def ensure_proposals(cfg: dict[str, Any], dataset: VOCDataset, progress: bool, ids: list[str] | None = None) -> ProposalStore:
+    """The run's checked proposal store, completed for ``ids`` (default: the whole split) if needed."""
+    store = checked_proposal_store(cfg, dataset)  # a complete store too
+    wanted = dataset.ids if ids is None else ids
+    if not set(wanted) <= store.stored_ids():
+        method = cfg["proposals"]["method"]
+        log.info("building %s proposals into %s", method, store.root)
+        build_store(dataset, store, method, cfg["proposals"]["max_candidates"], cfg["seed"], progress, ids=wanted)
     return store
 
 
@@ -110,13 +127,16 @@ def run_boxsup(
     0 runs the same loop in this process. ``resume`` (a run directory) continues an interrupted
     run from its last checkpoint, in the same MLflow run. ``tags`` go on the new MLflow run;
     ``report_to_tune`` (inside a Ray Tune trial) passes every epoch's metrics on to Tune.
+
+    The training data is read and checked before the MLflow run starts. A run that fails ends
+    FAILED with its error as the tag ``boxsup.error``; one that failed before its first epoch
+    also gives its run directory (and so its name) back.
     """
     if resume is not None:
         run_dir = canonical(resume)
         run_files = open_location(run_dir)
         record = read_run_record(run_files)
         cfg = record["config"]
-        reopen_run(cfg["tracking"]["uri"], record["mlflow_run_id"])
     else:
         cfg = absolute_paths(cfg)
         name = cfg["tracking"]["run_name"] or time.strftime("%Y%m%d-%H%M%S")
@@ -124,42 +144,86 @@ def run_boxsup(
         run_files = open_location(run_dir)
         if run_files.exists("run.json"):
             raise BoxSupError(f"{run_dir}: a run of this name exists; resume it with --resume {run_dir} or pick tracking.run_name")
-        with tempfile.TemporaryDirectory() as tmp:
-            config_file = Path(tmp) / "config.yaml"
-            config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
-            run_files.upload(config_file, "config.yaml")  # an unwritable output.dir stops here, before MLflow
-            run_id = start_run(cfg["tracking"]["uri"], cfg["tracking"]["experiment"], name, cfg, tags)
-            RunLogger(cfg["tracking"]["uri"], run_id).log_artifact(config_file)
-        record = {"mlflow_run_id": run_id, "name": name, "config": cfg}
-        run_files.write_bytes("run.json", json.dumps(record, indent=2).encode())
-
     classes = resolve_classes(cfg)
     train_data = VOCDataset(cfg["data"]["root"], cfg["data"]["train_split"], classes)
     annotations = load_training_annotations(cfg, train_data)
-    box_images = any(a.supervision == Supervision.BOX for a in annotations)
-    store = ensure_proposals(cfg, train_data, progress) if box_images else proposal_store(cfg, train_data)
+    VOCDataset(cfg["data"]["root"], cfg["data"]["val_split"], classes).load_annotations(skip_bad=False)  # scores count all
+    checked_proposal_store(cfg, train_data)
+    if resume is not None:
+        reopen_run(cfg["tracking"]["uri"], record["mlflow_run_id"])
+        run_files.remove(USER_ERROR_FILE)  # the mistake was fixed, or it is found again
+    else:
+        record = start_tracked_run(cfg, name, run_files, tags)
+    run_id = record["mlflow_run_id"]
+    guard = driver_guard()
+    guard.open_run(tracking_uri(cfg["tracking"]["uri"]), run_id)
+    ok, error = False, None
+    try:
+        train(cfg, train_data, annotations, record, run_dir, progress, report_to_tune)
+        ok = True
+    except BoxSupError as exc:
+        error = str(exc)
+        raise
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        end_run(cfg["tracking"]["uri"], run_id, ok, error)
+        guard.close_run(run_id)
+        if not ok and resume is None:
+            release_untrained_run(cfg, run_id, run_files)
+    result = json.loads(run_files.read_bytes("result.json"))
+    pseudo = [m.value for m in sorted(MlflowClient(tracking_uri(cfg["tracking"]["uri"])).get_metric_history(run_id, "pseudo_miou"), key=lambda m: m.step)]
+    return RunResult(run_id, run_files.root, result["val_miou"], result["val_pixel_accuracy"], result["class_iou"], pseudo)
+
+
+def release_untrained_run(cfg: dict[str, Any], run_id: str, run_files: Location) -> None:
+    """After a failure before the first epoch ended: delete the run directory, so its name is free again.
+
+    The MLflow run keeps the config and the error; there is nothing to resume.
+    """
+    try:
+        trained = RunLogger(cfg["tracking"]["uri"], run_id).logged_steps("train_loss")
+    except Exception:  # the tracking store itself failed: keep everything
+        return
+    if not trained:
+        run_files.remove_all()
+
+
+def start_tracked_run(cfg: dict[str, Any], name: str, run_files: Location, tags: dict[str, str] | None) -> dict[str, Any]:
+    """The run directory's config.yaml and run.json, and a new MLflow run holding the config; the run record."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "config.yaml"
+        config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        run_files.upload(config_file, "config.yaml")  # an unwritable output.dir stops here, before MLflow
+        run_id = start_run(cfg["tracking"]["uri"], cfg["tracking"]["experiment"], name, cfg, tags)
+        RunLogger(cfg["tracking"]["uri"], run_id).log_artifact(config_file)
+    record = {"mlflow_run_id": run_id, "name": name, "config": cfg}
+    run_files.write_bytes("run.json", json.dumps(record, indent=2).encode())
+    return record
+
+
+def train(
+    cfg: dict[str, Any], train_data: VOCDataset, annotations: list[ImageAnnotation], record: dict[str, Any],
+    run_dir: str, progress: bool, report_to_tune: bool,
+) -> None:
+    """Proposals when the run needs them, then the training loop in this process or through Ray Train."""
+    classes = train_data.classes
+    box_ids = [a.image_id for a in annotations if a.supervision == Supervision.BOX]
+    store = ensure_proposals(cfg, train_data, progress, box_ids) if box_ids else proposal_store(cfg, train_data)
+    fault = fault_from_env(str(run_dir))
     spec = AssignmentSpec(cfg["data"]["root"], cfg["data"]["train_split"], classes, str(store.root),
                           join(run_dir, "labels"), cfg["assign"]["lam"], cfg["assign"]["k"], cfg["seed"],
-                          cfg["assign"]["cache_images"])
-    fail_after = os.environ.get("BOXSUP_FAIL_AFTER_EPOCH")
+                          cfg["assign"]["cache_images"], fault)
     job = {"config": cfg, "annotations": annotations, "run_dir": str(run_dir), "label_store": spec.label_store,
            "proposal_store": spec.proposal_store, "tracking_uri": cfg["tracking"]["uri"],
-           "mlflow_run_id": record["mlflow_run_id"], "progress": progress,
-           "fail_after_epoch": int(fail_after) if fail_after else None}
-    ok = False
-    try:
-        if cfg["ray"]["num_workers"] == 0:
-            context = LocalContext(run_dir, select_device(cfg["train"]["device"]), report_to_tune)
-            job.update(pool=LocalAssignmentPool(spec), context=context)
-            train_worker(job)
-        else:
-            fit_with_ray(job, spec, record["name"], run_dir, report_to_tune)
-        ok = True
-    finally:
-        end_run(cfg["tracking"]["uri"], record["mlflow_run_id"], ok)
-    result = json.loads(run_files.read_bytes("result.json"))
-    pseudo = [m.value for m in sorted(MlflowClient(tracking_uri(cfg["tracking"]["uri"])).get_metric_history(record["mlflow_run_id"], "pseudo_miou"), key=lambda m: m.step)]
-    return RunResult(record["mlflow_run_id"], run_files.root, result["val_miou"], result["val_pixel_accuracy"], result["class_iou"], pseudo)
+           "mlflow_run_id": record["mlflow_run_id"], "progress": progress, "fault": fault, "driver_pid": os.getpid()}
+    if cfg["ray"]["num_workers"] == 0:
+        context = LocalContext(run_dir, select_device(cfg["train"]["device"]), report_to_tune)
+        job.update(pool=LocalAssignmentPool(spec), context=context)
+        train_worker(job)
+    else:
+        fit_with_ray(job, spec, record["name"], run_dir, report_to_tune)
 
 
 def read_run_record(location: Location) -> dict[str, Any]:

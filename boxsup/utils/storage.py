@@ -65,13 +65,29 @@ class LocalLocation:
         return (self.root / key).read_bytes()
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        with atomic_path(self.root / key) as tmp:
+        with self._writing(key), atomic_path(self.root / key) as tmp:
             tmp.write_bytes(data)
 
     def upload(self, local: str | os.PathLike, key: str) -> None:
         """Copy a local file to ``key`` atomically (big files are not read into memory)."""
-        with atomic_path(self.root / key) as tmp:
+        with self._writing(key), atomic_path(self.root / key) as tmp:
             shutil.copyfile(local, tmp)
+
+    @contextmanager
+    def _writing(self, key: str) -> Iterator[None]:
+        """A directory that cannot be made or written (permissions, a full disk) as one line naming it."""
+        try:
+            yield
+        except OSError as exc:
+            raise BoxSupError(f"{self.root / key}: cannot write ({exc.strerror or _problem(exc)})") from None
+
+    def remove(self, key: str) -> None:
+        """Delete the file at ``key`` if there is one."""
+        (self.root / key).unlink(missing_ok=True)
+
+    def remove_all(self) -> None:
+        """Delete the directory and everything in it."""
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def list(self, key: str = "") -> list[str]:
         """Names directly under ``key`` (files and directories); empty when there is nothing."""
@@ -152,6 +168,20 @@ class RemoteLocation:
         """Upload a local file to ``key`` (one object: readers see the old one or the new one)."""
         with self._reported(self.path(key), writing=True):
             self.fs.put_file(os.fspath(local), self._key_path(key))
+
+    def remove(self, key: str) -> None:
+        """Delete the object at ``key`` if there is one."""
+        with self._reported(self.path(key), writing=True):
+            try:
+                self.fs.rm_file(self._key_path(key))
+            except FileNotFoundError:
+                pass
+
+    def remove_all(self) -> None:
+        """Delete every object under the prefix."""
+        with self._reported(self.root, writing=True):
+            if self.fs.exists(self._prefix):
+                self.fs.rm(self._prefix, recursive=True)
 
     def list(self, key: str = "") -> list[str]:
         """Names directly under ``key``; empty when there is nothing."""
