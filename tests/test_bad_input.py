@@ -578,3 +578,41 @@ def test_set_takes_several_pairs_after_one_flag_and_repeated_flags(command):
     args = build_parser().parse_args([*command, "--set", "a=1", "b=2", "--set", "c=3"])
     assert args.set == ["a=1", "b=2", "c=3"]
     assert build_parser().parse_args(command).set == []
+
+
+# ---------------------------------------------------------------- whole `boxsup train` runs (in-process, no Ray)
+
+
+def train_config(tiny_config, data: Path, **overrides) -> Path:
+    return tiny_config(data, ray__num_workers=0, train__epochs=1, **overrides)
+
+
+def test_train_refuses_a_wrong_size_validation_mask_before_any_run_starts(data, tmp_path, tiny_config, capsys):
+    val_id = (data / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
+    Image.fromarray(np.zeros((SIZE + 4, SIZE), np.uint8)).save(data / "SegmentationClass" / f"{val_id}.png")
+    assert main(["train", "--config", str(train_config(tiny_config, data))]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert f"{val_id}.png: mask is {SIZE}x{SIZE + 4}" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()  # no run, no MLflow run
+
+
+def test_train_refuses_a_store_of_another_method_before_any_run_starts(data, tmp_path, tiny_config, capsys):
+    dataset = VOCDataset(data, "train", DEMO_CLASSES)
+    store = ProposalStore(tmp_path / "store")
+    build_store(dataset, store, "rectangles", max_candidates=200, progress=False)
+    before = snapshot(tmp_path / "store")
+    config = train_config(tiny_config, data, proposals__store=str(tmp_path / "store"))
+    assert main(["train", "--config", str(config)]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "meta.json: store holds" in err and "'rectangles'" in err
+    assert snapshot(tmp_path / "store") == before
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_train_leaves_out_a_training_image_whose_size_is_not_its_xmls(data, tmp_path, tiny_config, caplog):
+    Image.new("RGB", (SIZE + 8, SIZE)).save(data / "JPEGImages" / f"{ID}.jpg")
+    with caplog.at_level(logging.WARNING):
+        assert main(["train", "--config", str(train_config(tiny_config, data))]) == 0
+    assert f"{ID}.jpg: image is {SIZE + 8}x{SIZE}" in caplog.text and "1 of 3 images left out" in caplog.text
+    labelled = sorted(p.stem for p in (tmp_path / "runs" / "r" / "labels" / "round_000").glob("*.png"))
+    assert ID not in labelled and len(labelled) == 2
