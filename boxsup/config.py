@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
         "supervision": "box",  # mask | box | semi
         "mask_fraction": 0.1,  # semi: fraction of training images that keep their masks
         "mask_list": None,  # semi: file of image ids that keep their masks (instead of the fraction)
+        "audit_fraction": 0.0,  # images with masks treated as box-only, their masks only scoring the labels
+        "audit_list": None,  # file of such image ids (instead of the fraction)
         "crop_size": 321,
     },
     "proposals": {
@@ -42,6 +44,11 @@ DEFAULTS: dict[str, Any] = {
         "update": True,  # false: labels of round 0 stay fixed (the rectangles / GrabCut baselines)
         "pixel_cost": "error",  # e(p, l) in E_r: error = 1 - P(l|p) (bounded), xent = -log P(l|p)
         "warmup_epochs": 1,  # epochs trained on round 0's labels (E_o alone) before the network is asked
+        "form": "robust",  # paper: E_o + lam E_r as in Sec. 4.3; robust: with the four settings below
+        "region_cost": "iou",  # E_r: iou (1 - soft IoU with the network's mask) | mean (two-region mean of e)
+        "trust_margin": 1.0,  # candidates with E_o within this of the box's best may be chosen (1: every one)
+        "lam_ramp": 0,  # rounds over which lambda grows linearly from the first network round (0: at once)
+        "ema": 0.0,  # the network scoring candidates: EMA of the weights over epochs with this decay (0: the last)
         "num_actors": 2,  # Ray actors sharing the label update (each owns a shard of the proposal store)
         "actor_cpus": 1.0,
         "cache_images": 4096,  # box-refined candidate pools each actor keeps in memory
@@ -89,6 +96,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.supervision": ("mask", "box", "semi"),
     "proposals.method": ("ss", "grabcut", "rectangles"),
     "assign.pixel_cost": ("error", "xent"),
+    "assign.region_cost": ("mean", "iou"),
+    "assign.form": ("robust", "paper"),
     "model.backbone": ("vgg16_largefov", "small"),
     "train.device": ("auto", "cpu", "cuda"),
 }
@@ -97,6 +106,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "data.root": (str,),
     "data.mask_list": (str,),
+    "data.audit_list": (str,),
     "proposals.store": (str,),
     "tracking.run_name": (str,),
     "tracking.uri": (str,),
@@ -136,8 +146,12 @@ BOUNDS: dict[str, Range] = {
     **dict.fromkeys(("seed", "assign.lam", "train.weight_decay", "train.num_threads", "train.loader_workers",
                      "ray.num_workers", "ray.max_failures"), NON_NEGATIVE),
     "train.momentum": Range(0, 1, high_open=True),
+    "assign.ema": Range(0, 1, high_open=True),
+    "assign.trust_margin": FRACTION,
+    "assign.lam_ramp": NON_NEGATIVE,
     "train.lr_gamma": Range(0, 1, low_open=True),
     "data.mask_fraction": FRACTION,
+    "data.audit_fraction": FRACTION,
 }  # fmt: skip
 
 # MLflow tracking stores by URI scheme; a database scheme may name its driver (postgresql+psycopg2://).
@@ -292,6 +306,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if cfg["data"]["root"] is None:
         raise BoxSupError("config key data.root: not set (give the dataset directory, VOC layout)")
     return cfg
+
+
+# What assign.form: paper means for the settings only the robust form uses.
+PAPER_FORM = {"region_cost": "mean", "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0}
+
+
+def label_update_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The label update's region cost, trust margin, lambda ramp and scoring-weight average in force.
+
+    ``assign.form: paper`` is the paper's form (Sec. 4.3: every candidate, lambda from the first round
+    the network scores, the last weights) whatever those four keys say; ``robust`` takes them as set.
+    Refused: E_r as a soft IoU with ``pixel_cost: xent`` (it needs e = 1 - P).
+    """
+    a = cfg["assign"]
+    if a["form"] == "paper":
+        return dict(PAPER_FORM)
+    if a["region_cost"] == "iou" and a["pixel_cost"] != "error":
+        raise BoxSupError("config key assign.region_cost: iou needs assign.pixel_cost: error (it reads 1 - e as P)")
+    return {key: a[key] for key in PAPER_FORM}
 
 
 def resolve_classes(cfg: dict[str, Any]) -> tuple[str, ...]:

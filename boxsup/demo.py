@@ -16,6 +16,7 @@ VARIANTS: list[tuple[str, list[str]]] = [
     ("mask-supervised", ["data.supervision=mask"]),
     ("BoxSup (lambda=3, k=5)", ["data.supervision=box", "proposals.method=ss", "assign.lam=3", "assign.k=5"]),
     ("BoxSup w/o sampling (k=1)", ["data.supervision=box", "proposals.method=ss", "assign.lam=3", "assign.k=1"]),
+    ("E_o alone (no network feedback)", ["data.supervision=box", "proposals.method=ss", "assign.lam=0", "assign.k=1", "assign.update=false"]),
     ("rectangles", ["data.supervision=box", "proposals.method=rectangles", "assign.lam=0", "assign.k=1", "assign.update=false"]),
     ("GrabCut", ["data.supervision=box", "proposals.method=grabcut", "assign.lam=0", "assign.k=1", "assign.update=false"]),
 ]

@@ -131,3 +131,34 @@ def test_sampling_rejects_bad_k_and_empty_pools():
         sample_lowest_k(np.zeros((3, 1)), 0, np.random.default_rng(0))
     with pytest.raises(ValueError):
         sample_lowest_k(np.zeros((0, 1)), 1, np.random.default_rng(0))
+
+
+def test_trust_margin_keeps_only_candidates_that_fit_the_box_almost_as_well_as_the_best():
+    boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
+    losses = boxed.loss_sums(pixel_losses())
+    # E_o: C0 .5, C1 0, C2 .5, C3 1, C4 .5; with the network C4 would win (0.5 + 3 * 0.2 < 0 + 3 * 0.8)
+    assert np.argmin(assignment_costs(boxed, losses, 3.0)[:, 0]) == 4
+    trusted = assignment_costs(boxed, losses, 3.0, trust_margin=0.25)[:, 0]
+    assert np.isfinite(trusted).tolist() == [False, True, False, False, False]  # only C1 is within 0.25 of E_o's best
+    wide = assignment_costs(boxed, losses, 3.0, trust_margin=0.5)[:, 0]
+    assert np.isfinite(wide).tolist() == [True, True, True, False, True] and np.argmin(wide) == 4
+
+
+def test_lambda_ramps_linearly_from_the_first_network_round():
+    from boxsup.assign.assign import ramped_lambda
+
+    assert [ramped_lambda(3.0, r, 1, 4) for r in range(1, 7)] == [0.75, 1.5, 2.25, 3.0, 3.0, 3.0]
+    assert ramped_lambda(3.0, 1, 1, 0) == 3.0  # no ramp
+
+
+def test_soft_iou_region_cost_matches_hand_computation():
+    """E_r = 1 - sum P / (|S & B| + sum_B P - sum P), with P = 1 - e: P(l) is 0.2 on atom 0, 0.9 on atom 1."""
+    boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
+    e = np.ones((2, 4, 4))
+    e[1][ATOMS == 0], e[1][ATOMS == 1] = 0.8, 0.1  # e(p, 1) = 1 - P(1 | p)
+    e[0] = 1 - e[1]
+    region = (assignment_costs(boxed, boxed.loss_sums(e), 1.0, region="iou") - assignment_costs(boxed, None, 1.0))[:, 0]
+    # sum of P over B = 4 * 0.2 + 4 * 0.9 = 4.4
+    expected = 1 - np.array([0.8 / (4 + 4.4 - 0.8), 4.4 / 8, 4.4 / 8, np.nan, 3.6 / (4 + 4.4 - 3.6)])
+    np.testing.assert_allclose(region[[0, 1, 2, 4]], expected[[0, 1, 2, 4]])
+    assert region[3] == np.inf  # C3 misses the box

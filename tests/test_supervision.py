@@ -45,3 +45,18 @@ def test_crop_pads_with_ignore_and_keeps_pairs_aligned():
     valid = out_target != 255
     # every kept target pixel still sits under the image pixel it came with
     assert np.array_equal(out_image[valid][:, 0] // 3, out_target[valid])
+
+
+def test_audit_images_are_a_seeded_share_of_the_masked_or_a_list(tmp_path):
+    from boxsup.data.supervision import audit_images
+
+    with_masks = [f"m{i}" for i in range(20)]
+    picked = audit_images(with_masks, seed=3, fraction=0.25)
+    assert len(picked) == 5 and picked <= set(with_masks)
+    assert audit_images(with_masks, seed=3, fraction=0.25) == picked  # the seed fixes the draw
+    listed = tmp_path / "audit.txt"
+    listed.write_text("m1\nm2\n")
+    assert audit_images(with_masks, seed=3, audit_list=str(listed), ids=[*with_masks, "b0"]) == {"m1", "m2"}
+    listed.write_text("m1\nb0\n")
+    with pytest.raises(BoxSupError, match=r"audit.txt: 1 audit images have no mask, e.g. 'b0'"):
+        audit_images(with_masks, seed=3, audit_list=str(listed), ids=[*with_masks, "b0"])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from boxsup.assign.costs import atom_loss_sums, overlap_cost, region_cost
+from boxsup.assign.costs import atom_loss_sums, overlap_cost, region_cost, soft_iou_cost
 from boxsup.assign.paint import paint_labels
 from boxsup.assign.sampling import sample_lowest_k
 from boxsup.data.annotations import BACKGROUND
@@ -88,24 +88,49 @@ class Assignment:
     chosen_cost: np.ndarray  # (B,) cost of the chosen candidate
 
 
-def assignment_costs(boxed: BoxedPool, loss_sums: np.ndarray | None, lam: float) -> np.ndarray:
-    """cost(S, B) = E_o + lam * E_r for all candidates and boxes, (C, B); E_o alone without losses."""
+def assignment_costs(
+    boxed: BoxedPool, loss_sums: np.ndarray | None, lam: float, trust_margin: float = 1.0, region: str = "mean",
+) -> np.ndarray:
+    """cost(S, B) = E_o + lam * E_r for all candidates and boxes, (C, B); E_o alone without losses.
+
+    ``region``: E_r as the two-region mean (``costs.region_cost``) or 1 - soft IoU with the
+    network's mask (``costs.soft_iou_cost``, for e = 1 - P).
+
+    ``trust_margin`` δ < 1 keeps only the candidates that fit the box almost as well as the best one,
+    E_o(S, B) <= min_S' E_o(S', B) + δ; the others cost inf (never drawn). 1 keeps every candidate.
+    """
     costs = boxed.overlap
     if loss_sums is not None and lam != 0:
         columns = np.searchsorted(boxed.loss_labels, boxed.labels)
         areas = np.prod(boxed.boxes[:, 2:] - boxed.boxes[:, :2], axis=1).astype(np.float64)
-        costs = costs + lam * region_cost(boxed.pool, boxed.inside, loss_sums, columns, areas)
+        term = soft_iou_cost if region == "iou" else region_cost
+        costs = costs + lam * term(boxed.pool, boxed.inside, loss_sums, columns, areas)
+    if trust_margin < 1:
+        trusted = boxed.overlap <= boxed.overlap.min(axis=0, keepdims=True) + trust_margin
+        costs = np.where(trusted, costs, np.inf)
     return costs
 
 
+def ramped_lambda(lam: float, round_index: int, first_network_round: int, ramp_rounds: int) -> float:
+    """lambda of a round: it grows linearly over ``ramp_rounds`` rounds from the first the network scores.
+
+    lambda_r = lam * min(1, (r - r_0 + 1) / R) for r >= r_0 (R = 0: lam at once); the young network's
+    word counts little, a trained one's fully.
+    """
+    if ramp_rounds <= 0:
+        return lam
+    return lam * min(1.0, max(0, round_index - first_network_round + 1) / ramp_rounds)
+
+
 def assign_labels(
-    boxed: BoxedPool, loss_sums: np.ndarray | None, lam: float, k: int, rng: np.random.Generator
+    boxed: BoxedPool, loss_sums: np.ndarray | None, lam: float, k: int, rng: np.random.Generator,
+    trust_margin: float = 1.0, region: str = "mean",
 ) -> Assignment:
     """Pick one candidate per box uniformly among its k lowest costs and paint the label map.
 
     ``loss_sums`` is None in round 0 (no trained network yet): E_o alone decides.
     """
-    costs = assignment_costs(boxed, loss_sums, lam)
+    costs = assignment_costs(boxed, loss_sums, lam, trust_margin, region)
     chosen = sample_lowest_k(costs, k, rng)
     atom_labels = paint_labels(boxed.pool, boxed.inside, chosen, boxed.labels)
     return Assignment(atom_labels[boxed.pool.atoms], atom_labels, chosen, costs[chosen, np.arange(len(chosen))])

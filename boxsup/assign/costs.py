@@ -1,22 +1,41 @@
 """Costs of giving a box's label to each candidate segment (Eq. 2-4 of the paper).
 
-For a box B with class l_B and a candidate S:
+For a box B with class l_B and a candidate S, round r of the label update scores
 
-    E_o(S, B) = 1 - IoU(B, box(S))                                  box(S): the tight box of S
+    cost_r(S, B) = E_o(S, B) + lambda_r * E_r(S, B)          over the trusted candidates of B
+    E_o(S, B)    = 1 - IoU(B, box(S))                        box(S): the tight box of S
+
+and draws S uniformly among the k lowest costs. E_r is the network's disagreement with the label
+map that S induces inside B (l_B on S, background on the rest of B), from per-pixel costs
+e(p, l) = 1 - P(l | p) (``assign.pixel_cost: error``; ``xent``: -log P(l | p)). Two forms:
+
+``assign.form: robust`` (the default; measured in docs/results.md)
+
+    E_r(S, B) = 1 - I / (|S & B| + T - I),   I = sum_{p in S & B} P(l_B | p),  T = sum_{p in B} P(l_B | p)
+
+i.e. one minus the soft IoU of S with the network's mask of l_B inside B (``soft_iou_cost``,
+``assign.region_cost: iou``). Like E_o it is one minus an IoU in [0, 1], so lambda is a true
+relative weight. A pixel raises the soft IoU when included if P(l_B | p) > IoU / (1 + IoU): neither
+the network's confident core (smaller than the object while the network is young) nor the whole
+box is favoured. The robust form also has three optional safeguards, off by default because the
+measurements did not support them (docs/results.md): ``assign.trust_margin`` delta keeps only
+candidates with E_o(S, B) <= min_S' E_o(S', B) + delta; ``assign.lam_ramp`` R makes lambda_r =
+lambda min(1, (r - r_0 + 1) / R) from the first network round r_0; ``assign.ema`` scores with an
+average of the weights over epochs.
+
+``assign.form: paper`` (Sec. 4.3 with this project's normalisation of Eq. 3)
+
     E_r(S, B) = 1/2 * [ mean_{p in S & B} e(p, l_B) + mean_{p in B - S} e(p, background) ]
-    cost(S, B) = E_o(S, B) + lambda * E_r(S, B)
 
-E_r is the network's disagreement with the label map that S induces inside B (l_B on S,
-background on the rest of the box), averaged separately over the two regions. e(p, l) is the
-per-pixel cost the label update receives: by default 1 - P(l | p) (``assign.pixel_cost: error``),
-bounded like E_o, or the training loss -log P(l | p) (``xent``). Choices, each measured on the
-demo data (docs/benchmarks.md):
+every candidate, lambda_r = lambda from the first round the network scores, the last weights
+(``region_cost``; ``assign.region_cost: mean`` in the robust form). Measured choices:
 
 - Eq. 3's sum over pixels (or a plain mean over B) rewards small segments whenever the network
   leans to background, which a young network does: the label maps collapsed to background within
-  a few rounds. The two-region mean has no size bias.
+  a few rounds. The two-region mean has no such size bias, but it still rewards the network's
+  confident core: on photo-like data the labels shrank round after round (docs/results.md).
 - With -log P, a few confident mistakes of a young network outweigh the box fit at lambda = 3;
-  with 1 - P both terms lie in [0, 1] and lambda is a true relative weight.
+  with 1 - P both terms lie in [0, 1].
 - Eq. 2's 1/N is constant within an image and dropped.
 - A candidate with no pixel in B cannot be B's object (E_r = inf); when S covers all of B the
   background mean is 0.
@@ -90,3 +109,29 @@ def region_cost(
         fg_mean = np.where(area_in_s > 0, fg_in_s / area_in_s, np.inf)
         bg_mean = np.where(area_rest > 0, bg_rest / np.maximum(area_rest, 1), 0.0)
     return 0.5 * (fg_mean + bg_mean)
+
+
+def soft_iou_cost(
+    pool: CandidatePool,
+    inside: np.ndarray,
+    loss_sums: np.ndarray,
+    box_columns: np.ndarray,
+    box_areas: np.ndarray,
+) -> np.ndarray:
+    """E_r = 1 - soft IoU of S with the network's mask of l_B inside B, for every (candidate, box), (C, B).
+
+    With e(p, l) = 1 - P(l | p): I = sum_{p in S & B} P(l_B | p), T = sum_{p in B} P(l_B | p),
+    soft IoU = I / (|S & B| + T - I). Like E_o = 1 - IoU(B, box(S)) it lies in [0, 1]; a pixel
+    raises it when included if P(l_B | p) > IoU / (1 + IoU), so neither the network's confident
+    core (smaller) nor the whole box (larger) is favoured. inf where S misses the box.
+    """
+    inside = inside.astype(np.float64)
+    fg = loss_sums[:, box_columns] * inside  # (A, B): sum of 1 - P(l_B) per atom inside each box
+    areas = pool.atom_areas()[:, None] * inside
+    fg_in_s, area_in_s = np.split(np.asarray(pool.sum_over_candidates(np.concatenate([fg, areas], axis=1))), 2, axis=1)
+    inter = area_in_s - fg_in_s  # sum of P(l_B) over S & B
+    total = (box_areas - fg.sum(axis=0))[None, :]  # sum of P(l_B) over B
+    union = area_in_s + total - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(area_in_s > 0, inter / np.maximum(union, 1e-9), np.nan)
+    return np.where(area_in_s > 0, 1.0 - np.clip(iou, 0.0, 1.0), np.inf)

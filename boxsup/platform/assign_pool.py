@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from ray.exceptions import RayActorError
 
 from boxsup.assign import EmptyPoolError, assign_labels, image_rng
+from boxsup.assign.assign import ramped_lambda
 from boxsup.data.annotations import IGNORE, ImageAnnotation
 from boxsup.data.label_store import LabelStore
 from boxsup.data.voc import VOCDataset
@@ -65,6 +66,10 @@ class AssignmentSpec:
     k: int
     seed: int
     cache_images: int = 4096
+    trust_margin: float = 1.0  # candidates within this E_o of the box's best are eligible (1: all)
+    lam_ramp: int = 0  # rounds over which lambda grows from the first network round (0: at once)
+    first_network_round: int = 1
+    region_cost: str = "mean"  # E_r: "mean" (two-region mean) or "iou" (1 - soft IoU with the network's mask)
     fault: Fault | None = None  # the recovery tests' injected fault (kill-actor), see boxsup.trainers.faults
 
 
@@ -106,7 +111,9 @@ class Assigner:
             return ImageResult(image_id, skipped=str(exc))
         rng = image_rng(self.spec.seed, round_index, image_id)
         loss_sums = boxed.sums_from_means(atom_means) if atom_means is not None else None
-        result = assign_labels(boxed, loss_sums, self.spec.lam if loss_sums is not None else 0.0, self.spec.k, rng)
+        lam = ramped_lambda(self.spec.lam, round_index, self.spec.first_network_round, self.spec.lam_ramp)
+        result = assign_labels(boxed, loss_sums, lam if loss_sums is not None else 0.0, self.spec.k, rng,
+                               self.spec.trust_margin, self.spec.region_cost)
         self.labels.write(round_index, image_id, result.label_map)
         out = ImageResult(image_id, len(result.chosen), float(result.chosen_cost.sum()))
         if ann.has_mask:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from boxsup.assign.assign import atom_mean_costs
 from boxsup.assign.diagnostics import ChoiceDiagnostics
-from boxsup.config import resolve_classes
+from boxsup.config import label_update_settings, resolve_classes
 from boxsup.data.annotations import ImageAnnotation, Supervision
 from boxsup.data.label_store import LabelStore
 from boxsup.data.voc import VOCDataset
@@ -48,6 +48,7 @@ from boxsup.proposals.store import ProposalStore
 from boxsup.trainers.artifacts import publish
 from boxsup.trainers.epoch import pixel_costs, train_one_epoch
 from boxsup.trainers.faults import Fault, kill
+from boxsup.trainers.weight_average import WeightAverage
 from boxsup.trainers.training_set import TrainingSet
 from boxsup.utils.storage import open_location
 
@@ -142,10 +143,13 @@ def distributed_evaluate(ctx, model: torch.nn.Module, dataset: VOCDataset, cfg: 
     return confusion
 
 
-def save_state(directory: Path, model, optimizer, scheduler, epoch: int, label_round: int, labelled: list[str]) -> None:
+def save_state(directory: Path, model, optimizer, scheduler, epoch: int, label_round: int, labelled: list[str],
+               average: WeightAverage | None) -> None:
     """Tensors and plain types only: the state loads back with ``weights_only=True``."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "epoch": epoch, "label_round": label_round, "labelled": list(labelled)}
+    if average is not None:
+        state["weight_average"] = average.state_dict()
     torch.save(state, directory / "state.pt")
 
 
@@ -232,9 +236,13 @@ def _train(ctx, job: dict[str, Any]) -> None:
     optimizer = torch.optim.SGD(parameter_groups(model, t["lr"]), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t["lr_step"], gamma=t["lr_gamma"])
     start_epoch, label_round_index, labelled = 0, 0, []
+    decay = label_update_settings(cfg)["ema"]
+    average = WeightAverage(model, decay) if decay > 0 else None
     state = ctx.load_checkpoint()
     if state is not None:
         model.load_state_dict(state["model"])
+        if average is not None and "weight_average" in state:
+            average.load_state_dict(state["weight_average"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, label_round_index, labelled = state["epoch"] + 1, state["label_round"], state["labelled"]
@@ -254,7 +262,8 @@ def _train(ctx, job: dict[str, Any]) -> None:
         metrics: dict[str, float | None] = {}
         update = epoch == 0 or (cfg["assign"]["update"] and epoch >= cfg["assign"]["warmup_epochs"])
         if box_images and update:
-            summary = label_round(ctx, job, model if epoch else None, epoch, box_images, train_data, progress,
+            scorer = (average.model if average is not None else model) if epoch else None
+            summary = label_round(ctx, job, scorer, epoch, box_images, train_data, progress,
                                   previous_round=rounds[-1] if rounds else None)
             label_round_index, labelled = epoch, summary.labelled
             rounds.append(epoch)
@@ -278,6 +287,8 @@ def _train(ctx, job: dict[str, Any]) -> None:
         batches = kill_after_first_batch(loader) if killer and killer("kill-worker", epoch) else loader
         loss = train_one_epoch(network, batches, optimizer, ctx.device, progress, scaler)
         ctx.broadcast_buffers(model)
+        if average is not None:
+            average.update(model)
         scheduler.step()
         loss = float(ctx.all_reduce(np.array([loss]))[0] / ctx.world)
         metrics.update(train_loss=loss, lr=lr, epoch_seconds=time.perf_counter() - started)
@@ -287,7 +298,7 @@ def _train(ctx, job: dict[str, Any]) -> None:
             metrics.update(val_miou=scores.miou, val_pixel_accuracy=scores.pixel_accuracy)
         with tempfile.TemporaryDirectory() as tmp:
             if ctx.rank == 0:
-                save_state(Path(tmp), model, optimizer, scheduler, epoch, label_round_index, labelled)
+                save_state(Path(tmp), model, optimizer, scheduler, epoch, label_round_index, labelled, average)
             first = ("val_miou", "train_loss", "pseudo_miou")  # the columns Tune's progress table shows
             ordered = {k: metrics[k] for k in first if k in metrics} | metrics
             ctx.report({k: v for k, v in ordered.items() if v is not None} | {"epoch": epoch},

@@ -17,9 +17,9 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from boxsup.config import resolve_classes
+from boxsup.config import label_update_settings, resolve_classes
 from boxsup.data.annotations import ImageAnnotation, Supervision
-from boxsup.data.supervision import apply_supervision, images_with_masks
+from boxsup.data.supervision import apply_supervision, audit_images, images_with_masks
 from boxsup.data.voc import VOCDataset
 from boxsup.errors import BoxSupError
 from boxsup.proposals.generate import build_store, store_meta
@@ -65,6 +65,11 @@ def load_training_annotations(cfg: dict[str, Any], dataset: VOCDataset) -> list[
         raise BoxSupError(f"{dataset.list_file}: none of the {len(dataset.ids)} training images can be used (see the warnings above)")
     d = cfg["data"]
     masked = images_with_masks(dataset.ids, d["supervision"], cfg["seed"], d["mask_fraction"], d["mask_list"])
+    if d["audit_list"] or d["audit_fraction"]:
+        audit = audit_images([a.image_id for a in annotations if a.has_mask], cfg["seed"], d["audit_fraction"],
+                             d["audit_list"], dataset.ids)
+        masked -= audit
+        log.info("%d audit images: their masks score the label updates (pseudo_miou) and never train", len(audit))
     missing = apply_supervision(annotations, masked)
     if missing:
         log.warning("%d images have no mask in SegmentationClass/ and fall back to their boxes, e.g. %s",
@@ -112,8 +117,9 @@ def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
     out["output"]["dir"] = canonical(cfg["output"]["dir"])  # a URI stays as it is
     if cfg["proposals"]["store"]:
         out["proposals"]["store"] = canonical(cfg["proposals"]["store"])
-    if cfg["data"]["mask_list"]:
-        out["data"]["mask_list"] = str(Path(cfg["data"]["mask_list"]).resolve())
+    for key in ("mask_list", "audit_list"):
+        if cfg["data"][key]:
+            out["data"][key] = str(Path(cfg["data"][key]).resolve())
     return out
 
 
@@ -145,6 +151,7 @@ def run_boxsup(
         if run_files.exists("run.json"):
             raise BoxSupError(f"{run_dir}: a run of this name exists; resume it with --resume {run_dir} or pick tracking.run_name")
     classes = resolve_classes(cfg)
+    label_update_settings(cfg)  # a combination the label update cannot use stops here
     train_data = VOCDataset(cfg["data"]["root"], cfg["data"]["train_split"], classes)
     annotations = load_training_annotations(cfg, train_data)
     VOCDataset(cfg["data"]["root"], cfg["data"]["val_split"], classes).load_annotations(skip_bad=False)  # scores count all
@@ -212,9 +219,11 @@ def train(
     box_ids = [a.image_id for a in annotations if a.supervision == Supervision.BOX]
     store = ensure_proposals(cfg, train_data, progress, box_ids) if box_ids else proposal_store(cfg, train_data)
     fault = fault_from_env(str(run_dir))
+    a, rule = cfg["assign"], label_update_settings(cfg)
     spec = AssignmentSpec(cfg["data"]["root"], cfg["data"]["train_split"], classes, str(store.root),
-                          join(run_dir, "labels"), cfg["assign"]["lam"], cfg["assign"]["k"], cfg["seed"],
-                          cfg["assign"]["cache_images"], fault)
+                          join(run_dir, "labels"), a["lam"], a["k"], cfg["seed"], cache_images=a["cache_images"],
+                          trust_margin=rule["trust_margin"], lam_ramp=rule["lam_ramp"],
+                          first_network_round=a["warmup_epochs"], region_cost=rule["region_cost"], fault=fault)
     job = {"config": cfg, "annotations": annotations, "run_dir": str(run_dir), "label_store": spec.label_store,
            "proposal_store": spec.proposal_store, "tracking_uri": cfg["tracking"]["uri"],
            "mlflow_run_id": record["mlflow_run_id"], "progress": progress, "fault": fault, "driver_pid": os.getpid()}
