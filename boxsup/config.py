@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_epochs": 1,  # epochs trained on round 0's labels (E_o alone) before the network is asked
         "form": "robust",  # paper: E_o + lam E_r as in Sec. 4.3; robust: with the four settings below
         "region_cost": "iou",  # E_r: iou (1 - soft IoU with the network's mask) | mean (two-region mean of e)
+        "sample_margin": None,  # draw among the k lowest costs only those within this of the lowest (null: all k)
         "trust_margin": 1.0,  # candidates with E_o within this of the box's best may be chosen (1: every one)
         "lam_ramp": 0,  # rounds over which lambda grows linearly from the first network round (0: at once)
         "ema": 0.0,  # the network scoring candidates: EMA of the weights over epochs with this decay (0: the last)
@@ -107,6 +108,7 @@ NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "data.root": (str,),
     "data.mask_list": (str,),
     "data.audit_list": (str,),
+    "assign.sample_margin": (float, int),
     "proposals.store": (str,),
     "tracking.run_name": (str,),
     "tracking.uri": (str,),
@@ -149,6 +151,7 @@ BOUNDS: dict[str, Range] = {
     "assign.ema": Range(0, 1, high_open=True),
     "assign.trust_margin": FRACTION,
     "assign.lam_ramp": NON_NEGATIVE,
+    "assign.sample_margin": NON_NEGATIVE,
     "train.lr_gamma": Range(0, 1, low_open=True),
     "data.mask_fraction": FRACTION,
     "data.audit_fraction": FRACTION,
@@ -184,7 +187,7 @@ def _as_number(value: Any) -> float | None:
 def _check_type(key: str, value: Any, default: Any) -> Any:
     if default is None:
         allowed = NULLABLE_TYPES.get(key, (str,))
-        if value is None or isinstance(value, allowed):
+        if value is None or (isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)):
             return value
         raise BoxSupError(f"config key {key}: expected {allowed[0].__name__} or null, got {value!r}")
     if key == "data.classes":
@@ -242,7 +245,7 @@ def _value_problem(key: str, value: Any) -> str | None:
         return f"{value!r} is not one of {', '.join(CHOICES[key])}"
     if key in VALUE_CHECKS and (problem := VALUE_CHECKS[key](value)) is not None:
         return problem
-    bounds = BOUNDS.get(key)
+    bounds = BOUNDS.get(key) if value is not None else None
     outside = [v for v in (value if isinstance(value, list) else [value]) if v not in bounds] if bounds else []
     return f"{bounds.describe()}, got {outside[0]!r}" if bounds and outside else None
 
@@ -309,7 +312,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 # What assign.form: paper means for the settings only the robust form uses.
-PAPER_FORM = {"region_cost": "mean", "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0}
+PAPER_FORM = {"region_cost": "mean", "sample_margin": None, "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0}
 
 
 def label_update_settings(cfg: dict[str, Any]) -> dict[str, Any]:

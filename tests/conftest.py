@@ -3,6 +3,11 @@
 import pytest
 
 
+def file_bytes(root) -> dict[str, bytes]:
+    """Every file under ``root`` by its relative path, with its bytes: equal dicts mean identical trees."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """An S3 API (moto in server mode) on loopback; its URL and fake credentials are in os.environ.
@@ -40,31 +45,36 @@ def ray_session(s3_endpoint):
     ray.shutdown()
 
 
-@pytest.fixture
-def tiny_config(tmp_path):
-    """Write a tiny run config (64 px, small FCN, 3 epochs, 2 Train workers, 2 actors); returns its path.
+def write_tiny_config(tmp_path, data_root, **overrides):
+    """Write ``<tmp_path>/tiny.yaml``: 64 px, small FCN, 3 epochs, 2 Train workers, 2 actors; returns its path.
 
-    Overrides as section__key=value; MLflow goes to <tmp>/mlflow.db, experiment "tiny", run "r".
+    Overrides as section__key=value (or key=value at the top); MLflow goes to <tmp_path>/mlflow.db, experiment "tiny", run "r".
     """
     import yaml
 
-    def write(data_root, **overrides):
-        cfg = {
-            "seed": 1,
-            "data": {"root": str(data_root), "crop_size": 64},
-            "proposals": {"method": "ss", "max_candidates": 200},
-            "model": {"backbone": "small", "weights": "none"},
-            "train": {"epochs": 3, "batch_size": 4, "lr": 0.01, "lr_step": 2, "num_threads": 1},
-            "ray": {"num_workers": 2, "max_failures": 0},
-            "assign": {"num_actors": 2},
-            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "tiny", "run_name": "r"},
-            "output": {"dir": str(tmp_path / "runs")},
-        }
-        for key, value in overrides.items():
+    cfg = {
+        "seed": 1,
+        "data": {"root": str(data_root), "crop_size": 64},
+        "proposals": {"method": "ss", "max_candidates": 200},
+        "model": {"backbone": "small", "weights": "none"},
+        "train": {"epochs": 3, "batch_size": 4, "lr": 0.01, "lr_step": 2, "num_threads": 1},
+        "ray": {"num_workers": 2, "max_failures": 0},
+        "assign": {"num_actors": 2},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "tiny", "run_name": "r"},
+        "output": {"dir": str(tmp_path / "runs")},
+    }
+    for key, value in overrides.items():
+        if "__" in key:
             section, name = key.split("__")
             cfg[section][name] = value
-        path = tmp_path / "tiny.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        return path
+        else:
+            cfg[key] = value
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
-    return write
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """``write_tiny_config`` into this test's tmp_path: call it with the data root and overrides."""
+    return lambda data_root, **overrides: write_tiny_config(tmp_path, data_root, **overrides)

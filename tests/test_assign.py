@@ -162,3 +162,13 @@ def test_soft_iou_region_cost_matches_hand_computation():
     expected = 1 - np.array([0.8 / (4 + 4.4 - 0.8), 4.4 / 8, 4.4 / 8, np.nan, 3.6 / (4 + 4.4 - 3.6)])
     np.testing.assert_allclose(region[[0, 1, 2, 4]], expected[[0, 1, 2, 4]])
     assert region[3] == np.inf  # C3 misses the box
+
+
+def test_sample_margin_draws_only_near_equivalent_candidates():
+    boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
+    # E_o alone: C1 0, C0/C2/C4 0.5, C3 1: with k = 5 any of them can be drawn ...
+    drawn = {int(assign_labels(boxed, None, 0.0, 5, np.random.default_rng(s)).chosen[0]) for s in range(60)}
+    assert drawn == {0, 1, 2, 3, 4}
+    # ... within 0.25 of the lowest cost only C1 is left
+    drawn = {int(assign_labels(boxed, None, 0.0, 5, np.random.default_rng(s), sample_margin=0.25).chosen[0]) for s in range(40)}
+    assert drawn == {1}

@@ -82,7 +82,8 @@ def test_paper_form_is_one_value_away_and_iou_needs_error_costs():
     from boxsup.config import PAPER_FORM, label_update_settings
 
     cfg = load_config(None, ["data.root=d", "assign.region_cost=iou", "assign.trust_margin=0.2", "assign.ema=0.5"])
-    assert label_update_settings(cfg) == {"region_cost": "iou", "trust_margin": 0.2, "lam_ramp": cfg["assign"]["lam_ramp"], "ema": 0.5}
+    assert label_update_settings(cfg) == {"region_cost": "iou", "sample_margin": cfg["assign"]["sample_margin"],
+                                          "trust_margin": 0.2, "lam_ramp": cfg["assign"]["lam_ramp"], "ema": 0.5}
     cfg["assign"]["form"] = "paper"
     assert label_update_settings(cfg) == PAPER_FORM
     cfg = load_config(None, ["data.root=d", "assign.form=robust", "assign.region_cost=iou", "assign.pixel_cost=xent"])

@@ -21,6 +21,7 @@ from PIL import Image
 
 from boxsup.cli import main
 from boxsup.data.synth import generate_dataset
+from conftest import write_tiny_config
 
 METRICS = ("train_loss", "val_miou", "pseudo_miou")
 
@@ -42,22 +43,9 @@ def baseline(ray_session, data_root, tmp_path_factory):
 
 
 def write_config(tmp: Path, data_root: Path) -> Path:
-    import yaml
-
-    cfg = {
-        "seed": 4,
-        "data": {"root": str(data_root), "crop_size": 64},
-        "proposals": {"method": "ss", "max_candidates": 200, "store": str(data_root.parent / "store")},
-        "model": {"backbone": "small", "weights": "none"},
-        "train": {"epochs": 3, "batch_size": 4, "lr": 0.01, "lr_step": 2, "num_threads": 1},
-        "ray": {"num_workers": 2, "max_failures": 3},
-        "assign": {"num_actors": 2},
-        "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "recovery", "run_name": "r"},
-        "output": {"dir": str(tmp / "runs")},
-    }
-    path = tmp / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    """The tiny config with a shared proposal store, 4 restarts allowed, its own seed and experiment."""
+    return write_tiny_config(tmp, data_root, seed=4, ray__max_failures=3, tracking__experiment="recovery",
+                             proposals__store=str(data_root.parent / "store"))
 
 
 def outcome(tmp: Path) -> dict:

@@ -8,12 +8,9 @@ import pytest
 from boxsup.data.annotations import IGNORE
 from boxsup.data.synth import DEMO_CLASSES, generate_dataset, synth_sample
 from boxsup.data.voc import VOCDataset
+from conftest import file_bytes
 
 N, SIZE, SEED = 12, 80, 3
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +23,8 @@ def test_same_seed_same_bytes_other_seed_differs(demo, tmp_path):
     root, _ = demo
     generate_dataset(tmp_path / "again", n_images=N, size=SIZE, seed=SEED)
     generate_dataset(tmp_path / "other", n_images=N, size=SIZE, seed=SEED + 1)
-    again, other = _files(tmp_path / "again"), _files(tmp_path / "other")
-    assert again == _files(root)
+    again, other = file_bytes(tmp_path / "again"), file_bytes(tmp_path / "other")
+    assert again == file_bytes(root)
     assert again.keys() == other.keys()
     images = [name for name in again if name.startswith("JPEGImages")]
     assert all(again[name] != other[name] for name in images)
@@ -60,7 +57,7 @@ def test_reader_loads_every_image(demo):
     assert sum(summary["objects"].values()) == n_objects
 
 
-def test_boxes_tightly_bound_visible_pixels_and_match_files(demo):
+def test_boxes_tightly_bound_visible_pixels_and_matchfile_bytes(demo):
     root, _ = demo
     ds = VOCDataset(root, "trainval", DEMO_CLASSES)
     for index, image_id in enumerate(ds.ids, start=1):

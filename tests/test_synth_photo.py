@@ -17,12 +17,9 @@ from boxsup.data.synth_photo import (
     void_band,
 )
 from boxsup.data.voc import VOCDataset
+from conftest import file_bytes
 
 N, SIZE, SEED = 10, 128, 3
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +44,8 @@ def test_same_seed_same_bytes_other_seed_differs(photo, tmp_path):
     root, _ = photo
     generate_photo_dataset(tmp_path / "again", n_images=N, size=SIZE, seed=SEED)
     generate_photo_dataset(tmp_path / "other", n_images=N, size=SIZE, seed=SEED + 1)
-    again, other = _files(tmp_path / "again"), _files(tmp_path / "other")
-    assert again == _files(root)
+    again, other = file_bytes(tmp_path / "again"), file_bytes(tmp_path / "other")
+    assert again == file_bytes(root)
     assert again.keys() == other.keys()
     for folder in ("JPEGImages", "SegmentationClass", "Annotations"):
         names = [name for name in again if name.startswith(folder)]

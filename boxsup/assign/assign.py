@@ -124,13 +124,17 @@ def ramped_lambda(lam: float, round_index: int, first_network_round: int, ramp_r
 
 def assign_labels(
     boxed: BoxedPool, loss_sums: np.ndarray | None, lam: float, k: int, rng: np.random.Generator,
-    trust_margin: float = 1.0, region: str = "mean",
+    trust_margin: float = 1.0, region: str = "mean", sample_margin: float = float("inf"),
 ) -> Assignment:
     """Pick one candidate per box uniformly among its k lowest costs and paint the label map.
 
-    ``loss_sums`` is None in round 0 (no trained network yet): E_o alone decides.
+    ``loss_sums`` is None in round 0 (no trained network yet): E_o alone decides. ``sample_margin``
+    ε keeps out of the draw every candidate costing more than the box's lowest cost + ε, so the k
+    drawn from are near-equivalent ones, not clearly worse ones (inf: the plain k lowest).
     """
     costs = assignment_costs(boxed, loss_sums, lam, trust_margin, region)
+    if np.isfinite(sample_margin):
+        costs = np.where(costs <= costs.min(axis=0, keepdims=True) + sample_margin, costs, np.inf)
     chosen = sample_lowest_k(costs, k, rng)
     atom_labels = paint_labels(boxed.pool, boxed.inside, chosen, boxed.labels)
     return Assignment(atom_labels[boxed.pool.atoms], atom_labels, chosen, costs[chosen, np.arange(len(chosen))])

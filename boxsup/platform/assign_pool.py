@@ -70,6 +70,7 @@ class AssignmentSpec:
     lam_ramp: int = 0  # rounds over which lambda grows from the first network round (0: at once)
     first_network_round: int = 1
     region_cost: str = "mean"  # E_r: "mean" (two-region mean) or "iou" (1 - soft IoU with the network's mask)
+    sample_margin: float = float("inf")  # draw only among candidates within this of the lowest cost
     fault: Fault | None = None  # the recovery tests' injected fault (kill-actor), see boxsup.trainers.faults
 
 
@@ -113,7 +114,7 @@ class Assigner:
         loss_sums = boxed.sums_from_means(atom_means) if atom_means is not None else None
         lam = ramped_lambda(self.spec.lam, round_index, self.spec.first_network_round, self.spec.lam_ramp)
         result = assign_labels(boxed, loss_sums, lam if loss_sums is not None else 0.0, self.spec.k, rng,
-                               self.spec.trust_margin, self.spec.region_cost)
+                               self.spec.trust_margin, self.spec.region_cost, self.spec.sample_margin)
         self.labels.write(round_index, image_id, result.label_map)
         out = ImageResult(image_id, len(result.chosen), float(result.chosen_cost.sum()))
         if ann.has_mask:

@@ -223,7 +223,9 @@ def train(
     spec = AssignmentSpec(cfg["data"]["root"], cfg["data"]["train_split"], classes, str(store.root),
                           join(run_dir, "labels"), a["lam"], a["k"], cfg["seed"], cache_images=a["cache_images"],
                           trust_margin=rule["trust_margin"], lam_ramp=rule["lam_ramp"],
-                          first_network_round=a["warmup_epochs"], region_cost=rule["region_cost"], fault=fault)
+                          first_network_round=a["warmup_epochs"], region_cost=rule["region_cost"],
+                          sample_margin=float("inf") if rule["sample_margin"] is None else rule["sample_margin"],
+                          fault=fault)
     job = {"config": cfg, "annotations": annotations, "run_dir": str(run_dir), "label_store": spec.label_store,
            "proposal_store": spec.proposal_store, "tracking_uri": cfg["tracking"]["uri"],
            "mlflow_run_id": record["mlflow_run_id"], "progress": progress, "fault": fault, "driver_pid": os.getpid()}
