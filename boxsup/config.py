@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_epochs": 1,  # epochs trained on round 0's labels (E_o alone) before the network is asked
         "form": "robust",  # paper: E_o + lam E_r as in Sec. 4.3; robust: with the four settings below
         "region_cost": "iou",  # E_r: iou (1 - soft IoU with the network's mask) | mean (two-region mean of e)
-        "sample_margin": None,  # draw among the k lowest costs only those within this of the lowest (null: all k)
+        "sample_margin": 0.1,  # draw among the k lowest costs only those within this of the lowest (null: all k)
         "trust_margin": 1.0,  # candidates with E_o within this of the box's best may be chosen (1: every one)
         "lam_ramp": 0,  # rounds over which lambda grows linearly from the first network round (0: at once)
         "ema": 0.0,  # the network scoring candidates: EMA of the weights over epochs with this decay (0: the last)
@@ -103,7 +103,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": ("auto", "cpu", "cuda"),
 }
 
-# Keys whose default is None accept these types.
+# Keys that accept null, and (when their default is None) these types.
 NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "data.root": (str,),
     "data.mask_list": (str,),
@@ -185,6 +185,8 @@ def _as_number(value: Any) -> float | None:
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
+    if value is None and key in NULLABLE_TYPES:
+        return None
     if default is None:
         allowed = NULLABLE_TYPES.get(key, (str,))
         if value is None or (isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)):

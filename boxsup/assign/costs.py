@@ -5,7 +5,9 @@ For a box B with class l_B and a candidate S, round r of the label update scores
     cost_r(S, B) = E_o(S, B) + lambda_r * E_r(S, B)          over the trusted candidates of B
     E_o(S, B)    = 1 - IoU(B, box(S))                        box(S): the tight box of S
 
-and draws S uniformly among the k lowest costs. E_r is the network's disagreement with the label
+and draws S uniformly among the k lowest costs (the robust form: among those of them within
+``assign.sample_margin`` ε of the lowest, so the draw varies between near-equivalent candidates,
+not towards clearly worse ones). E_r is the network's disagreement with the label
 map that S induces inside B (l_B on S, background on the rest of B), from per-pixel costs
 e(p, l) = 1 - P(l | p) (``assign.pixel_cost: error``; ``xent``: -log P(l | p)). Two forms:
 
@@ -27,8 +29,8 @@ average of the weights over epochs.
 
     E_r(S, B) = 1/2 * [ mean_{p in S & B} e(p, l_B) + mean_{p in B - S} e(p, background) ]
 
-every candidate, lambda_r = lambda from the first round the network scores, the last weights
-(``region_cost``; ``assign.region_cost: mean`` in the robust form). Measured choices:
+every candidate, lambda_r = lambda from the first round the network scores, the plain k lowest,
+the last weights (``region_cost``; ``assign.region_cost: mean`` in the robust form). Measured choices:
 
 - Eq. 3's sum over pixels (or a plain mean over B) rewards small segments whenever the network
   leans to background, which a young network does: the label maps collapsed to background within
