@@ -32,4 +32,4 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 clean:
-	rm -rf runs demo_data mlflow.db
+	rm -rf runs demo_data mlflow.db mlartifacts
