@@ -8,6 +8,20 @@ def file_bytes(root) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def assert_same_seed_same_bytes(generate, made, tmp_path, folders, **kwargs) -> None:
+    """``generate(out, seed=..., **kwargs)`` again with ``made``'s seed writes the very same files;
+    with the next seed the same names, every file under ``folders`` different."""
+    seed = kwargs.pop("seed")
+    generate(tmp_path / "again", seed=seed, **kwargs)
+    generate(tmp_path / "other", seed=seed + 1, **kwargs)
+    again, other = file_bytes(tmp_path / "again"), file_bytes(tmp_path / "other")
+    assert again == file_bytes(made)
+    assert again.keys() == other.keys()
+    for folder in folders:
+        names = [name for name in again if name.startswith(folder)]
+        assert names and all(again[name] != other[name] for name in names), folder
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """An S3 API (moto in server mode) on loopback; its URL and fake credentials are in os.environ.

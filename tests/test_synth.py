@@ -8,7 +8,7 @@ import pytest
 from boxsup.data.annotations import IGNORE
 from boxsup.data.synth import DEMO_CLASSES, generate_dataset, synth_sample
 from boxsup.data.voc import VOCDataset
-from conftest import file_bytes
+from conftest import assert_same_seed_same_bytes
 
 N, SIZE, SEED = 12, 80, 3
 
@@ -20,14 +20,7 @@ def demo(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_same_seed_same_bytes_other_seed_differs(demo, tmp_path):
-    root, _ = demo
-    generate_dataset(tmp_path / "again", n_images=N, size=SIZE, seed=SEED)
-    generate_dataset(tmp_path / "other", n_images=N, size=SIZE, seed=SEED + 1)
-    again, other = file_bytes(tmp_path / "again"), file_bytes(tmp_path / "other")
-    assert again == file_bytes(root)
-    assert again.keys() == other.keys()
-    images = [name for name in again if name.startswith("JPEGImages")]
-    assert all(again[name] != other[name] for name in images)
+    assert_same_seed_same_bytes(generate_dataset, demo[0], tmp_path, ["JPEGImages"], n_images=N, size=SIZE, seed=SEED)
 
 
 def test_layout_splits_and_summary(demo):
@@ -57,7 +50,7 @@ def test_reader_loads_every_image(demo):
     assert sum(summary["objects"].values()) == n_objects
 
 
-def test_boxes_tightly_bound_visible_pixels_and_matchfile_bytes(demo):
+def test_boxes_tightly_bound_visible_pixels_and_match_files(demo):
     root, _ = demo
     ds = VOCDataset(root, "trainval", DEMO_CLASSES)
     for index, image_id in enumerate(ds.ids, start=1):

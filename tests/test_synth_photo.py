@@ -17,7 +17,7 @@ from boxsup.data.synth_photo import (
     void_band,
 )
 from boxsup.data.voc import VOCDataset
-from conftest import file_bytes
+from conftest import assert_same_seed_same_bytes
 
 N, SIZE, SEED = 10, 128, 3
 
@@ -41,15 +41,8 @@ def test_every_source_is_bundled_with_scikit_image():
 
 
 def test_same_seed_same_bytes_other_seed_differs(photo, tmp_path):
-    root, _ = photo
-    generate_photo_dataset(tmp_path / "again", n_images=N, size=SIZE, seed=SEED)
-    generate_photo_dataset(tmp_path / "other", n_images=N, size=SIZE, seed=SEED + 1)
-    again, other = file_bytes(tmp_path / "again"), file_bytes(tmp_path / "other")
-    assert again == file_bytes(root)
-    assert again.keys() == other.keys()
-    for folder in ("JPEGImages", "SegmentationClass", "Annotations"):
-        names = [name for name in again if name.startswith(folder)]
-        assert len(names) == N and all(again[name] != other[name] for name in names)
+    assert_same_seed_same_bytes(generate_photo_dataset, photo[0], tmp_path, ["JPEGImages", "SegmentationClass", "Annotations"],
+                                n_images=N, size=SIZE, seed=SEED)
 
 
 def test_reader_loads_every_image_with_void_bands(photo):
