@@ -41,6 +41,12 @@ class ChoiceDiagnostics:
         return (self.boxes, self.changed, self.compared, self.not_eo_best,
                 self.gt_iou_chosen, self.gt_iou_eo_best, self.gt_iou_oracle)
 
+    @classmethod
+    def from_tuple(cls, values) -> "ChoiceDiagnostics":
+        """The inverse of ``as_tuple`` (e.g. after an all-reduce made every number a float)."""
+        counts, sums = values[:4], values[4:]
+        return cls(*(int(round(v)) for v in counts), *(float(v) for v in sums))
+
     def metrics(self) -> dict[str, float | None]:
         """Per-round MLflow metrics: shares and mean GT IoUs (None without audited boxes)."""
         if not self.boxes:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +14,8 @@ from boxsup.data.voc import VOCDataset
 from boxsup.errors import BoxSupError
 from boxsup.evaluation.inference import predict_label_map
 from boxsup.evaluation.metrics import ConfusionMatrix, SegmentationScores
-from boxsup.models import BACKBONES, build_model, fit_problem
+from boxsup.models import BACKBONES, build_model, fit_problem, load_tensor_file
 from boxsup.utils.storage import read_file
-
-# What torch's weights-only unpickler says of a file that needs code beyond tensors and plain types.
-_BEYOND_TENSORS = re.compile(r"GLOBAL|Can only|unrecognized function|allowlisted")
 
 
 def evaluate(
@@ -59,15 +54,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         data = read_file(path)
     except (FileNotFoundError, IsADirectoryError):
         raise BoxSupError(f"{path}: checkpoint not found") from None
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if _BEYOND_TENSORS.search(str(exc)):
-            raise BoxSupError(f"{path}: holds objects beyond tensors and plain types; refused "
-                              "(a checkpoint written by `boxsup train` holds only those)") from None
-        raise BoxSupError(f"{path}: cannot read checkpoint (damaged or not a torch file)") from None
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise BoxSupError(f"{path}: cannot read checkpoint ({type(exc).__name__}: damaged, truncated or not a torch file)") from None
+    state = load_tensor_file(io.BytesIO(data), str(path), "checkpoint")
     if not _is_checkpoint(state):
         raise BoxSupError(f"{path}: not a boxsup checkpoint: it must hold 'model' (a state dict), 'classes' (names) and "
                           "'config' (with model.backbone), as the checkpoint.pt written by `boxsup train` does")

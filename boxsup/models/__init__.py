@@ -6,8 +6,9 @@ from boxsup.models.fcn import (
     IMAGENET_STD,
     build_model,
     fit_problem,
+    load_tensor_file,
     normalize_image,
     parameter_groups,
 )
 
-__all__ = ["BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "build_model", "fit_problem", "normalize_image", "parameter_groups"]
+__all__ = ["BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "build_model", "fit_problem", "load_tensor_file", "normalize_image", "parameter_groups"]

@@ -7,7 +7,10 @@ Each model names its final (new) 1x1 layer ``classifier``; :func:`parameter_grou
 
 from __future__ import annotations
 
+import io
 import logging
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -163,15 +166,31 @@ def _fetch_imagenet_vgg16() -> dict[str, torch.Tensor]:
         ) from exc
 
 
+# What torch's weights-only unpickler says of a file that needs code beyond tensors and plain types.
+_BEYOND_TENSORS = re.compile(r"GLOBAL|Can only|unrecognized function|allowlisted")
+
+
+def load_tensor_file(source: str | Path | io.BytesIO, name: str, what: str) -> Any:
+    """``torch.load`` with ``weights_only=True``: nothing in the file can run code.
+
+    A file that needs more than tensors and plain types, or that is damaged, is one line naming
+    ``name`` (the file) and ``what`` it should have been.
+    """
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if _BEYOND_TENSORS.search(str(exc)):
+            raise BoxSupError(f"{name}: holds objects beyond tensors and plain types; refused "
+                              f"(a {what} written by boxsup holds only those)") from None
+        raise BoxSupError(f"{name}: cannot read {what} (UnpicklingError: damaged, truncated or not a torch file)") from None
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise BoxSupError(f"{name}: cannot read {what} ({type(exc).__name__}: damaged, truncated or not a torch file)") from None
+
+
 def _load_local(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise BoxSupError(f"model.weights: weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise BoxSupError(
-            f"model.weights: cannot read weights file {path} ({type(exc).__name__}); expected a state dict saved by torch.save"
-        ) from exc
+    state = load_tensor_file(path, f"model.weights: {path}", "state dict")
     state = _unwrap_checkpoint(state, path)
     if isinstance(model, LargeFOV) and "features.0.weight" in state and "fc6.weight" not in state:
         _copy_vgg16(model, state, source=str(path))

@@ -15,17 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from boxsup.errors import BoxSupError
+from boxsup.models import load_tensor_file
 from boxsup.utils.storage import open_location
-
-
-def load_state(source: str | Path | io.BytesIO, name: str) -> dict[str, Any]:
-    """A training state written by ``save_state``; ``weights_only`` unpickling, one-line errors."""
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types: UnpicklingError for a foreign object, RuntimeError, EOFError
-        raise BoxSupError(f"{name}: cannot load the training state ({type(exc).__name__}: "
-                          f"{(str(exc).strip().splitlines() or [''])[0][:200]}); it must hold tensors and plain types only") from None
 
 
 class LocalContext:
@@ -59,7 +50,7 @@ class LocalContext:
             data = self.run_dir.read_bytes("checkpoints/latest/state.pt")
         except FileNotFoundError:
             return None
-        return load_state(io.BytesIO(data), str(self.run_dir.path("checkpoints/latest/state.pt")))
+        return load_tensor_file(io.BytesIO(data), str(self.run_dir.path("checkpoints/latest/state.pt")), "training state")
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         if self.report_to_tune:
@@ -133,7 +124,7 @@ class RayTrainContext:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as directory:
-            return load_state(Path(directory) / "state.pt", f"{checkpoint.path}/state.pt")
+            return load_tensor_file(Path(directory) / "state.pt", f"{checkpoint.path}/state.pt", "training state")
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         import ray.train

@@ -89,8 +89,8 @@ def summarize_round(ctx, results: list, num_classes: int, started: float) -> tup
     confusions = np.zeros((len(CONFUSIONS), n * n))
     diagnostics = ChoiceDiagnostics()
     for r in results:
-        for row, counts in enumerate([r.confusion, r.reference_confusions.get("eo_best", {}), r.reference_confusions.get("oracle", {})]):
-            for index, count in counts.items():
+        for row, name in enumerate(CONFUSIONS):
+            for index, count in (r.confusion if name == "chosen" else r.reference_confusions.get(name, {})).items():
                 confusions[row, index] += count
         if r.diagnostics is not None:
             diagnostics = diagnostics + r.diagnostics
@@ -100,7 +100,7 @@ def summarize_round(ctx, results: list, num_classes: int, started: float) -> tup
     outcomes = [item for part in ctx.all_gather([(r.image_id, r.skipped) for r in results]) for item in part]
     labelled = sorted(i for i, why in outcomes if why is None)
     skipped = Counter(why for _, why in outcomes if why is not None)
-    diagnostics = ChoiceDiagnostics(*(int(v) if i < 4 else float(v) for i, v in enumerate(totals[2:])))
+    diagnostics = ChoiceDiagnostics.from_tuple(totals[2:])
     return RoundSummary(labelled, skipped, int(totals[0]), float(totals[1]), dict(zip(CONFUSIONS, confusions)),
                         diagnostics, time.perf_counter() - started), outcomes
 
@@ -283,8 +283,8 @@ def _train(ctx, job: dict[str, Any]) -> None:
                             num_workers=t["loader_workers"], pin_memory=ctx.device.type == "cuda")
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        killer = fault.fires if fault is not None and ctx.rank == ctx.world - 1 else None
-        batches = kill_after_first_batch(loader) if killer and killer("kill-worker", epoch) else loader
+        killed = fault is not None and ctx.rank == ctx.world - 1 and fault.fires("kill-worker", epoch)
+        batches = kill_after_first_batch(loader) if killed else loader
         loss = train_one_epoch(network, batches, optimizer, ctx.device, progress, scaler)
         ctx.broadcast_buffers(model)
         if average is not None:

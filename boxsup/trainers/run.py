@@ -95,7 +95,12 @@ def checked_proposal_store(cfg: dict[str, Any], dataset: VOCDataset) -> Proposal
 
 def ensure_proposals(cfg: dict[str, Any], dataset: VOCDataset, progress: bool, ids: list[str] | None = None) -> ProposalStore:
     """The run's checked proposal store, completed for ``ids`` (default: the whole split) if needed."""
-    store = checked_proposal_store(cfg, dataset)  # a complete store too
+    return complete_store(checked_proposal_store(cfg, dataset), cfg, dataset, progress, ids)  # a complete store too
+
+
+def complete_store(store: ProposalStore, cfg: dict[str, Any], dataset: VOCDataset, progress: bool,
+                   ids: list[str] | None = None) -> ProposalStore:
+    """Build the pools of ``ids`` (default: the whole split) that the already checked ``store`` lacks."""
     wanted = dataset.ids if ids is None else ids
     if not set(wanted) <= store.stored_ids():
         method = cfg["proposals"]["method"]
@@ -155,7 +160,7 @@ def run_boxsup(
     train_data = VOCDataset(cfg["data"]["root"], cfg["data"]["train_split"], classes)
     annotations = load_training_annotations(cfg, train_data)
     VOCDataset(cfg["data"]["root"], cfg["data"]["val_split"], classes).load_annotations(skip_bad=False)  # scores count all
-    checked_proposal_store(cfg, train_data)
+    store = checked_proposal_store(cfg, train_data)
     if resume is not None:
         reopen_run(cfg["tracking"]["uri"], record["mlflow_run_id"])
         run_files.remove(USER_ERROR_FILE)  # the mistake was fixed, or it is found again
@@ -166,7 +171,7 @@ def run_boxsup(
     guard.open_run(tracking_uri(cfg["tracking"]["uri"]), run_id)
     ok, error = False, None
     try:
-        train(cfg, train_data, annotations, record, run_dir, progress, report_to_tune)
+        train(cfg, train_data, annotations, store, record, run_dir, progress, report_to_tune)
         ok = True
     except BoxSupError as exc:
         error = str(exc)
@@ -211,13 +216,15 @@ def start_tracked_run(cfg: dict[str, Any], name: str, run_files: Location, tags:
 
 
 def train(
-    cfg: dict[str, Any], train_data: VOCDataset, annotations: list[ImageAnnotation], record: dict[str, Any],
-    run_dir: str, progress: bool, report_to_tune: bool,
+    cfg: dict[str, Any], train_data: VOCDataset, annotations: list[ImageAnnotation], store: ProposalStore,
+    record: dict[str, Any], run_dir: str, progress: bool, report_to_tune: bool,
 ) -> None:
-    """Proposals when the run needs them, then the training loop in this process or through Ray Train."""
+    """Proposals when the run needs them (``store`` is already checked), then the training loop in
+    this process or through Ray Train."""
     classes = train_data.classes
     box_ids = [a.image_id for a in annotations if a.supervision == Supervision.BOX]
-    store = ensure_proposals(cfg, train_data, progress, box_ids) if box_ids else proposal_store(cfg, train_data)
+    if box_ids:
+        complete_store(store, cfg, train_data, progress, box_ids)
     fault = fault_from_env(str(run_dir))
     a, rule = cfg["assign"], label_update_settings(cfg)
     spec = AssignmentSpec(cfg["data"]["root"], cfg["data"]["train_split"], classes, str(store.root),
