@@ -14,14 +14,14 @@ import itertools
 import torch
 
 from boxsup.assign import assign_labels, image_rng
-from boxsup.config import load_config, resolve_classes
-from boxsup.data.voc import VOCDataset
+from boxsup.config import load_config
+from boxsup.data.sources import build_training_set, training_annotations
 from boxsup.evaluation.evaluate import load_checkpoint
 from boxsup.evaluation.metrics import ConfusionMatrix
 from boxsup.models import build_model
 from boxsup.trainers.epoch import pixel_costs
 from boxsup.assign.cache import BoxedPoolCache
-from boxsup.trainers.run import ensure_proposals, load_training_annotations
+from boxsup.platform.launch import ensure_proposals
 
 
 def main() -> None:
@@ -33,8 +33,8 @@ def main() -> None:
     parser.add_argument("--pixel-costs", nargs="+", default=["error", "xent"])
     args = parser.parse_args()
     cfg = load_config(args.config)
-    dataset = VOCDataset(cfg["data"]["root"], cfg["data"]["train_split"], resolve_classes(cfg))
-    annotations = [a for a in load_training_annotations(cfg, dataset) if a.has_mask and a.boxes]
+    dataset = build_training_set(cfg)
+    annotations = [a for a in training_annotations(cfg, dataset) if a.has_mask and a.boxes]
     pools = BoxedPoolCache(ensure_proposals(cfg, dataset, progress=False))
     state = load_checkpoint(args.checkpoint)
     model = build_model(state["config"]["model"]["backbone"], dataset.num_classes, "none")

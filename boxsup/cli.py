@@ -43,7 +43,7 @@ def _cmd_proposals(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from boxsup.config import load_config
-    from boxsup.trainers.run import run_boxsup
+    from boxsup.platform.launch import run_boxsup
 
     if args.resume:
         if args.config or args.set:

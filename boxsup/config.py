@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,9 @@ from boxsup.utils.lists import first_duplicate
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "data": {
-        "root": None,  # a dataset in the VOC layout
+        "root": None,  # a dataset in the VOC layout: the one-source shorthand of data.sources
+        "sources": None,  # a list of sources (name, format, root, supervision, ...): see boxsup/data/sources.py
+        "val": None,  # with data.sources: the validation source (one mapping)
         "classes": "auto",  # auto: <root>/classes.txt if present, else the 20 VOC classes; voc; a list; a file
         "train_split": "train",
         "val_split": "val",
@@ -34,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "crop_size": 321,
     },
     "proposals": {
-        "method": "ss",  # ss | grabcut | rectangles
+        "method": "ss",  # ss | grabcut | rectangles | mcg (imported: boxsup proposals import)
         "store": None,  # default: <output.dir>/proposals/<dataset>-<split>-<method>
         "max_candidates": 2000,
     },
@@ -95,7 +98,7 @@ DEFAULTS: dict[str, Any] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.supervision": ("mask", "box", "semi"),
-    "proposals.method": ("ss", "grabcut", "rectangles"),
+    "proposals.method": ("ss", "grabcut", "rectangles", "mcg"),
     "assign.pixel_cost": ("error", "xent"),
     "assign.region_cost": ("mean", "iou"),
     "assign.form": ("robust", "paper"),
@@ -106,6 +109,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Keys that accept null, and (when their default is None) these types.
 NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "data.root": (str,),
+    "data.sources": (list,),
+    "data.val": (dict,),
     "data.mask_list": (str,),
     "data.audit_list": (str,),
     "assign.sample_margin": (float, int),
@@ -161,12 +166,20 @@ BOUNDS: dict[str, Range] = {
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "databricks", "postgresql", "mysql", "mssql")
 
 
+# Keys whose value is itself a mapping (checked as a whole by boxsup.data.sources), not a section.
+MAPPING_KEYS = ("data.val",)
+
+# With data.sources, each source carries these itself; setting them too is refused, not ignored.
+SHORTHAND_KEYS = ("data.root", "data.train_split", "data.val_split", "data.supervision", "data.mask_fraction",
+                  "data.mask_list")
+
+
 def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}."""
     out: dict[str, Any] = {}
     for key, value in cfg.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and name not in MAPPING_KEYS:
             out.update(flatten(value, f"{name}."))
         else:
             out[name] = value
@@ -255,6 +268,20 @@ def _value_problem(key: str, value: Any) -> str | None:
 def set_key(cfg: dict[str, Any], dotted: str, value: Any, source: str) -> None:
     """Set one dotted key of ``cfg`` after checking it exists and the value fits; ``source`` names the origin."""
     defaults = flatten(DEFAULTS)
+    indexed = re.fullmatch(r"data\.sources\[(\d+)\]\.(\w+)", dotted)
+    if indexed is not None:  # one field of one source, e.g. --set data.sources[0].root=/mnt/data/VOC2012
+        sources, index = cfg["data"].get("sources"), int(indexed.group(1))
+        if not isinstance(sources, list) or index >= len(sources) or not isinstance(sources[index], dict):
+            raise BoxSupError(f"{source}: config key data.sources has no source {index}")
+        sources[index][indexed.group(2)] = value
+        return
+    parent = next((k for k in MAPPING_KEYS if dotted.startswith(k + ".")), None)
+    if parent is not None:  # one field of a mapping value, e.g. --set data.val.split=test
+        section, name = parent.split(".")
+        if cfg[section].get(name) is None:
+            cfg[section][name] = {}
+        cfg[section][name][dotted[len(parent) + 1:]] = value
+        return
     if dotted not in defaults:
         close = [k for k in defaults if k.split(".")[-1] == dotted.split(".")[-1]]
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -301,16 +328,37 @@ def read_yaml_mapping(path: str | Path, what: str, holds: str) -> dict[Any, Any]
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Defaults, then the YAML file, then ``--set`` overrides; every key and value validated."""
     cfg = copy.deepcopy(DEFAULTS)
+    given: dict[str, str] = {}  # key -> where it was set
     if path is not None:
         loaded = read_yaml_mapping(path, "config file", "config keys")
         for key, value in flatten(loaded).items():
             set_key(cfg, key, value, str(path))
+            given[key] = str(path)
     for text in overrides or []:
         key, value = parse_override(text)
         set_key(cfg, key, value, f"--set {text}")
-    if cfg["data"]["root"] is None:
-        raise BoxSupError("config key data.root: not set (give the dataset directory, VOC layout)")
+        given[key] = f"--set {text}"
+    check_data_section(cfg, given)
     return cfg
+
+
+def check_data_section(cfg: dict[str, Any], given: dict[str, str]) -> None:
+    """``data.root`` or ``data.sources`` (never both, nor a shorthand key beside sources); the sources checked."""
+    from boxsup.data.sources import source_specs
+
+    data = cfg["data"]
+    if data["sources"] is None:
+        if data["root"] is None:
+            raise BoxSupError("config key data.root: not set (give the dataset directory, VOC layout, or data.sources)")
+        if data["val"] is not None:
+            raise BoxSupError(f"{given.get('data.val', 'config')}: config key data.val needs data.sources "
+                              "(with data.root the validation split is data.val_split)")
+        return
+    for key in SHORTHAND_KEYS:
+        if key in given and (key != "data.root" or data["root"] is not None):
+            raise BoxSupError(f"{given[key]}: config key {key}: not used with data.sources (each source sets its "
+                              "own root, split and supervision); remove it")
+    source_specs(data)  # every source mapping checked here, before anything runs
 
 
 # What assign.form: paper means for the settings only the robust form uses.
@@ -333,7 +381,8 @@ def label_update_settings(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_classes(cfg: dict[str, Any]) -> tuple[str, ...]:
-    """The class names of ``data.classes``: 'auto', 'voc', a list, or a file (relative paths: to data.root).
+    """The class names of ``data.classes``: 'auto', 'voc', a list, or a file (relative paths: to data.root,
+    or with data.sources to the first source's root).
 
     'auto' reads ``<data.root>/classes.txt`` (one name per line, in label-id order) when the dataset
     has one, and takes the 20 PASCAL VOC classes otherwise.
@@ -343,16 +392,26 @@ def resolve_classes(cfg: dict[str, Any]) -> tuple[str, ...]:
     spec = cfg["data"]["classes"]
     if isinstance(spec, list):
         return tuple(spec)
+    root = Path(class_root(cfg))
     if spec == "auto":
-        spec = "classes.txt" if (Path(cfg["data"]["root"]) / "classes.txt").is_file() else "voc"
+        spec = "classes.txt" if (root / "classes.txt").is_file() else "voc"
     if spec == "voc":
         return VOC_CLASSES
     path = Path(spec)
     if not path.is_absolute() and not path.is_file():
-        path = Path(cfg["data"]["root"]) / spec
+        path = root / spec
     if not path.is_file():
         raise BoxSupError(f"config key data.classes: {spec!r} is neither 'auto', 'voc' nor an existing file")
     return read_class_file(path)
+
+
+def class_root(cfg: dict[str, Any]) -> str:
+    """Where ``data.classes: auto`` looks for classes.txt: data.root, or the first source's root."""
+    data = cfg["data"]
+    if data.get("sources"):
+        first = data["sources"][0]
+        return first.get("root", ".") if isinstance(first, dict) else "."
+    return data["root"]
 
 
 def read_class_file(path: Path) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from boxsup.config import load_config
 from boxsup.data.synth import generate_dataset
 from boxsup.platform.tracking import tracking_uri
-from boxsup.trainers.run import RunResult, run_boxsup
+from boxsup.platform.launch import RunResult, run_boxsup
 from boxsup.utils.storage import open_location
 
 # (name in the table, config overrides)

@@ -92,3 +92,10 @@ def write_tiny_config(tmp_path, data_root, **overrides):
 def tiny_config(tmp_path):
     """``write_tiny_config`` into this test's tmp_path: call it with the data root and overrides."""
     return lambda data_root, **overrides: write_tiny_config(tmp_path, data_root, **overrides)
+
+
+def voc_data_section(root, split: str = "train") -> dict:
+    """A config's ``data`` section for one VOC-layout root (what an assignment actor rebuilds its dataset from)."""
+    from boxsup.config import DEFAULTS
+
+    return {**DEFAULTS["data"], "root": str(root), "train_split": split}

@@ -29,6 +29,7 @@ from boxsup.evaluation.evaluate import evaluate, evaluate_checkpoint, load_check
 from boxsup.models import build_model
 from boxsup.proposals.generate import build_store, store_meta
 from boxsup.proposals.store import ProposalStore
+from conftest import voc_data_section
 
 ID = "synth_000001"  # the first training image (train: 000001, 000002, 000004; val: 000003)
 SIZE = 48
@@ -380,7 +381,7 @@ def test_a_complete_store_of_another_method_is_refused_too(data):
 
 
 def test_a_run_checks_the_origin_of_a_complete_store_before_using_it(data):
-    from boxsup.trainers.run import ensure_proposals  # imports Ray's modules; starts nothing
+    from boxsup.platform.launch import ensure_proposals  # imports Ray's modules; starts nothing
 
     ds, store = store_for(data)
     cfg = load_config(None, [f"data.root={data}", f"proposals.store={store.root}", "proposals.max_candidates=50"])
@@ -428,7 +429,7 @@ def test_a_bad_pool_is_a_counted_skip_of_the_label_update(data, tmp_path, breaka
 
     ds, store = store_for(data)
     breakage(data.parent / "store")
-    spec = AssignmentSpec(str(data), "train", DEMO_CLASSES, str(store.root), str(tmp_path / "labels"), 3.0, 1, 0)
+    spec = AssignmentSpec(voc_data_section(data), DEMO_CLASSES, str(store.root), str(tmp_path / "labels"), 3.0, 1, 0)
     result = Assigner(spec).assign(0, "synth_000002", None)
     assert result.skipped is not None and reason in result.skipped
     assert not (tmp_path / "labels").exists() or not any((tmp_path / "labels").rglob("synth_000002*"))

@@ -13,7 +13,9 @@ from boxsup.proposals.box_masks import rectangle_masks
 from boxsup.proposals.pool import CandidatePool
 from boxsup.proposals.store import ProposalStore
 from boxsup.trainers.epoch import pixel_costs
+from boxsup.trainers.job import TrainingJob
 from boxsup.trainers.loop import label_round
+from conftest import voc_data_section
 
 CLASSES = ("a", "b")
 
@@ -36,9 +38,10 @@ def make_data(tmp_path):
 
 
 def run_round(tmp_path, ds, anns, store, model, seed, name):
-    spec = AssignmentSpec(str(ds.root), "train", CLASSES, str(store.root), str(tmp_path / name), 3.0, 5, seed)
+    spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / name), 3.0, 5, seed)
     cfg = {"assign": {"pixel_cost": "error", "lam": 3.0}}
-    job = {"config": cfg, "pool": LocalAssignmentPool(spec), "proposal_store": str(store.root)}
+    job = TrainingJob(cfg, anns, str(tmp_path), spec.label_store, str(store.root), logger=None,
+                      pool=LocalAssignmentPool(spec))
     ctx = LocalContext(tmp_path, torch.device("cpu"))
     boxed = [a for a in anns if a.supervision == Supervision.BOX]
     summary = label_round(ctx, job, model, 1, boxed, ds, progress=False)
@@ -86,7 +89,7 @@ def test_atom_level_pseudo_label_confusion_matches_pixels(tmp_path):
     from boxsup.platform.assign_pool import Assigner
 
     ds, anns, store = make_data(tmp_path)
-    spec = AssignmentSpec(str(ds.root), "train", CLASSES, str(store.root), str(tmp_path / "l"), 3.0, 5, 0)
+    spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / "l"), 3.0, 5, 0)
     assigner = Assigner(spec)
     for round_index in (0, 1):  # the second round uses the cached GT histogram
         result = assigner.assign(round_index, "i0", None)

@@ -12,6 +12,7 @@ from boxsup.platform.assign_pool import AssignmentPool, AssignmentSpec, LocalAss
 from boxsup.proposals.generate import build_store
 from boxsup.proposals.pool import split_atoms_by_boxes
 from boxsup.proposals.store import ProposalStore
+from conftest import voc_data_section
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def labelled_setup(tmp_path_factory):
 
 
 def spec_for(root, store, labels_dir):
-    return AssignmentSpec(str(root / "data"), "train", DEMO_CLASSES, str(store.root), str(labels_dir), 3.0, 5, 11)
+    return AssignmentSpec(voc_data_section(root / "data"), DEMO_CLASSES, str(store.root), str(labels_dir), 3.0, 5, 11)
 
 
 def run_pool(pool, dataset, sums, on_result=None):
@@ -123,7 +124,7 @@ def test_a_failed_train_worker_recovers_from_its_checkpoint(ray_session, labelle
 def test_in_process_mode_resumes_too(labelled_setup, tmp_path, tiny_config, monkeypatch):
     """ray.num_workers 0: the same loop in this process, checkpoints under the run directory."""
     from boxsup.config import load_config
-    from boxsup.trainers.run import run_boxsup
+    from boxsup.platform.launch import run_boxsup
 
     root = labelled_setup[0]
     cfg = load_config(tiny_config(root / "data", ray__num_workers=0))

@@ -1,7 +1,6 @@
 """PASCAL VOC reader and writer: JPEGImages/, Annotations/*.xml, SegmentationClass/*.png, ImageSets/.
 
-The reader is the only way data enters the platform; the demo set is written in this layout and
-read back by the same code. Class names map to ids 1..C in the order of the class list (0 is
+The demo set is written in this layout and read back by the same code. Class names map to ids 1..C in the order of the class list (0 is
 background, 255 is void).
 """
 
@@ -10,19 +9,17 @@ from __future__ import annotations
 import functools
 import logging
 import xml.etree.ElementTree as ET
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from boxsup.data.annotations import Box, ImageAnnotation
+from boxsup.data.classes import ClassMapping
+from boxsup.data.dataset import ListedDataset, read_list_file
+from boxsup.data.images import SizeMismatchError, SkipCounts, open_picture, size_text
 from boxsup.errors import BoxSupError
 from boxsup.utils.files import atomic_path, write_text_atomic
-from boxsup.utils.lists import first_duplicate
 
 log = logging.getLogger(__name__)
 
@@ -49,104 +46,61 @@ def voc_palette() -> list[int]:
     return palette
 
 
-class SizeMismatchError(BoxSupError):
-    """An image's real size differs from its XML ``<size>`` or from its mask's size."""
+VOC_LIST_DIRS = ("Segmentation", "Main")  # ImageSets/<dir>/<split>.txt, tried in this order
 
 
-@contextmanager
-def _open_picture(path: Path, what: str) -> Iterator[Image.Image]:
-    """``Image.open`` (header only until pixels are asked for); a missing or undecodable file is one line."""
-    if not path.is_file():
-        raise BoxSupError(f"{path}: {what} file not found")
-    try:
-        with Image.open(path) as im:
-            yield im
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise BoxSupError(f"{path}: cannot decode {what} ({exc})") from None
+def voc_list_file(root: Path, split: str) -> Path:
+    """``ImageSets/Segmentation/<split>.txt``, else ``ImageSets/Main/<split>.txt`` (VOC 2007's boxes-only lists)."""
+    for folder in VOC_LIST_DIRS:
+        path = root / "ImageSets" / folder / f"{split}.txt"
+        if path.is_file():
+            return path
+    raise BoxSupError(f"{root / 'ImageSets' / 'Segmentation' / f'{split}.txt'}: split list not found "
+                      "(nor in ImageSets/Main; is the root a VOC-layout dataset?)")
 
 
-def _size_text(width: int, height: int) -> str:
-    return f"{width}x{height}"
-
-
-@dataclass
-class SkipCounts:
-    """Counted, logged skips of boxes or images that a user should know about."""
-
-    counts: Counter = field(default_factory=Counter)
-
-    def add(self, reason: str, where: str) -> None:
-        self.counts[reason] += 1
-        log.warning("skipped %s: %s", where, reason)
-
-
-class VOCDataset:
-    """Read one split of a dataset in the VOC layout.
+class VOCDataset(ListedDataset):
+    """Read one split of a dataset in the VOC layout (VOC 2012, VOC 2007, SegmentationClassAug).
 
     ``annotation(id)`` parses the XML (boxes clipped to the image; boxes of zero area after
     clipping are skipped and counted) and checks the image's and mask's real sizes against it;
-    ``load_annotations`` does so for the whole split; ``image(id)`` decodes the JPEG as RGB uint8;
-    ``mask(id)`` reads the palette PNG as class ids, or ``None`` when the image has no mask.
+    ``image(id)`` decodes the JPEG as RGB uint8; ``mask(id)`` reads the PNG in ``mask_dir`` (a
+    palette PNG as VOC ships it, or SegmentationClassAug's greyscale one) as class ids, or gives
+    ``None`` when the image has no mask. The ids come from ``ImageSets/{Segmentation,Main}/<split>.txt``
+    or from ``list_file``. Class names in the XML map through ``class_map`` (null: dropped and
+    counted); any other name the run does not know is refused (most likely a typo).
     """
 
-    def __init__(self, root: str | Path, split: str, classes: tuple[str, ...] | list[str] = VOC_CLASSES):
+    def __init__(self, root: str | Path, split: str | None = "train", classes: tuple[str, ...] | list[str] = VOC_CLASSES,
+                 list_file: str | Path | None = None, mask_dir: str = "SegmentationClass", name: str | None = None,
+                 class_map: dict[str, str | None] | None = None):
         self.root = Path(root)
-        self.split = split
         self.classes = tuple(classes)
-        self.class_to_id = {name: i + 1 for i, name in enumerate(self.classes)}
+        self.mask_dir = mask_dir
         self.skips = SkipCounts()
-        list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-        if not list_file.is_file():
-            raise BoxSupError(f"{list_file}: split list not found (is data.root a VOC-layout dataset?)")
-        self.list_file = list_file
-        self.ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
-        if not self.ids:
-            raise BoxSupError(f"{list_file}: split list is empty")
-        twice = first_duplicate(self.ids)
-        if twice is not None:
-            raise BoxSupError(f"{list_file}: image id {twice!r} is listed twice")
-
-    @property
-    def num_classes(self) -> int:
-        """Number of labels including background."""
-        return len(self.classes) + 1
-
-    def __len__(self) -> int:
-        return len(self.ids)
+        self.name = name or self.root.name
+        self.mapping = ClassMapping(self.classes, class_map, where=f"source {self.name!r} class_map")
+        self.read_ids(split, list_file, lambda name: voc_list_file(self.root, name))
 
     def image_path(self, image_id: str) -> Path:
         return self.root / "JPEGImages" / f"{image_id}.jpg"
 
     def mask_path(self, image_id: str) -> Path:
-        return self.root / "SegmentationClass" / f"{image_id}.png"
-
-    def image(self, image_id: str) -> np.ndarray:
-        with _open_picture(self.image_path(image_id), "image") as im:
-            return np.asarray(im.convert("RGB"))
-
-    def image_size(self, image_id: str) -> tuple[int, int]:
-        """(width, height) of the JPEG from its header alone, without decoding the pixels."""
-        with _open_picture(self.image_path(image_id), "image") as im:
-            return im.size
+        return self.root / self.mask_dir / f"{image_id}.png"
 
     def mask(self, image_id: str) -> np.ndarray | None:
         path = self.mask_path(image_id)
         if not path.is_file():
             return None
-        with _open_picture(path, "mask") as im:
+        with open_picture(path, "mask") as im:
             if im.mode not in ("P", "L"):
                 raise BoxSupError(f"{path}: mask must be a palette or greyscale PNG of class ids, got mode {im.mode}")
             mask = np.asarray(im).astype(np.uint8)
         bad = np.setdiff1d(np.unique(mask), [*range(self.num_classes), 255])
         if bad.size:
             raise BoxSupError(f"{path}: mask holds class ids {bad.tolist()} beyond the {len(self.classes)} classes")
-        self._check_mask_size(image_id, (mask.shape[1], mask.shape[0]), self.image_size(image_id))
+        self.check_mask_size(image_id, path, (mask.shape[1], mask.shape[0]))
         return mask
-
-    def _check_mask_size(self, image_id: str, mask_size: tuple[int, int], image_size: tuple[int, int]) -> None:
-        if mask_size != image_size:
-            raise SizeMismatchError(f"{self.mask_path(image_id)}: mask is {_size_text(*mask_size)} but the image "
-                                    f"{self.image_path(image_id)} is {_size_text(*image_size)}")
 
     def annotation(self, image_id: str) -> ImageAnnotation:
         """The image's boxes and size; a size that differs from the real image's (or mask's) is refused."""
@@ -164,15 +118,15 @@ class VOCDataset:
             raise BoxSupError(f"{path}: missing or non-numeric <size><width>/<height>") from None
         real = self.image_size(image_id)
         if real != (width, height):
-            raise SizeMismatchError(f"{self.image_path(image_id)}: image is {_size_text(*real)} but {path} "
-                                    f"says {_size_text(width, height)}")
+            raise SizeMismatchError(f"{self.image_path(image_id)}: image is {size_text(*real)} but {path} "
+                                    f"says {size_text(width, height)}")
         has_mask = self.mask_path(image_id).is_file()
         if has_mask:
-            with _open_picture(self.mask_path(image_id), "mask") as im:
-                self._check_mask_size(image_id, im.size, real)
+            with open_picture(self.mask_path(image_id), "mask") as im:
+                self.check_mask_size(image_id, self.mask_path(image_id), im.size)
         boxes, skips = self._boxes(path, root, width, height)
         for reason, where in skips:  # counted only once the whole annotation is known to be good
-            self.skips.add(reason, where)
+            self.skips.add(reason, where, quiet=reason.startswith("class "))
         return ImageAnnotation(image_id, width, height, boxes, has_mask=has_mask)
 
     def _boxes(self, path: Path, root: ET.Element, width: int, height: int) -> tuple[list[Box], list[tuple[str, str]]]:
@@ -180,8 +134,12 @@ class VOCDataset:
         boxes, skips = [], []
         for k, obj in enumerate(root.iter("object")):
             name = (obj.findtext("name") or "").strip()
-            if name not in self.class_to_id:
+            label = self.mapping.id_of(name)
+            if label is None and name not in self.mapping.class_map:
                 raise BoxSupError(f"{path}: unknown class {name!r} (known: {', '.join(self.classes)})")
+            if not label:  # mapped to null or to background by class_map
+                skips.append((f"class {name!r} dropped by class_map", f"{path} object {k}"))
+                continue
             try:
                 xmin, ymin, xmax, ymax = (float(obj.findtext(f"bndbox/{t}", "")) for t in ("xmin", "ymin", "xmax", "ymax"))
             except ValueError:
@@ -194,29 +152,8 @@ class VOCDataset:
             if x1 <= x0 or y1 <= y0:
                 skips.append(("box of zero area or outside the image", f"{path} object {k}"))
                 continue
-            boxes.append(Box(x0, y0, x1, y1, self.class_to_id[name]))
+            boxes.append(Box(x0, y0, x1, y1, label))
         return boxes, skips
-
-    def load_annotations(self, skip_bad: bool) -> list[ImageAnnotation]:
-        """Every image's annotation, in split order.
-
-        ``skip_bad``: an image whose annotation, image or mask is unreadable, names an unknown
-        class or disagrees in size is left out, counted in ``skips`` and logged with its path;
-        otherwise the first such problem raises.
-        """
-        annotations, left_out = [], 0
-        for image_id in self.ids:
-            try:
-                annotations.append(self.annotation(image_id))
-            except BoxSupError as exc:
-                if not skip_bad:
-                    raise
-                why = "size mismatch" if isinstance(exc, SizeMismatchError) else "bad annotation, image or mask"
-                self.skips.add(f"image left out: {why}", str(exc))
-                left_out += 1
-        if left_out:
-            log.warning("%s: %d of %d images left out (see the lines above)", self.list_file, left_out, len(self.ids))
-        return annotations
 
 
 def write_voc_sample(

@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from boxsup.config import read_class_file
+from boxsup.data.dataset import SegmentationDataset
 from boxsup.data.voc import VOCDataset
 from boxsup.errors import BoxSupError
 from boxsup.evaluation.inference import predict_label_map
@@ -20,7 +21,7 @@ from boxsup.utils.storage import read_file
 
 def evaluate(
     model: torch.nn.Module,
-    dataset: VOCDataset,
+    dataset: SegmentationDataset,
     device: torch.device,
     scales: tuple[float, ...] = (1.0,),
     crf: bool = False,

@@ -28,7 +28,7 @@ from boxsup.assign import EmptyPoolError, assign_labels, image_rng
 from boxsup.assign.assign import ramped_lambda
 from boxsup.data.annotations import IGNORE, ImageAnnotation
 from boxsup.data.label_store import LabelStore
-from boxsup.data.voc import VOCDataset
+from boxsup.data.sources import build_training_set
 from boxsup.errors import BoxSupError
 from boxsup.proposals.store import ProposalStore
 from boxsup.assign.cache import BoxedPoolCache
@@ -57,8 +57,7 @@ class ImageResult:
 class AssignmentSpec:
     """Everything an actor needs to label images of one run (plain values, cheap to ship)."""
 
-    data_root: str
-    split: str
+    data: dict  # the run's config section ``data`` (absolute paths): the actor rebuilds the training set from it
     classes: tuple[str, ...]
     proposal_store: str
     label_store: str
@@ -79,7 +78,7 @@ class Assigner:
 
     def __init__(self, spec: AssignmentSpec):
         self.spec = spec
-        self.dataset = VOCDataset(spec.data_root, spec.split, spec.classes)
+        self.dataset = build_training_set({"data": spec.data}, spec.classes)
         self.pools = BoxedPoolCache(ProposalStore(spec.proposal_store), spec.cache_images)
         self.labels = LabelStore(spec.label_store)
         self._annotations: dict[str, ImageAnnotation] = {}

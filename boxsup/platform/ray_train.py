@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from boxsup.errors import BoxSupError
 from boxsup.platform.assign_pool import AssignmentPool, AssignmentSpec
+from boxsup.platform.context import RayTrainContext
 from boxsup.platform.guard import driver_guard
+from boxsup.trainers.job import TrainingJob
 from boxsup.trainers.loop import USER_ERROR_FILE, train_worker
 from boxsup.utils.storage import open_location
 
@@ -46,22 +49,38 @@ def init_ray(cfg: dict[str, Any], min_cpus: float = 0.0) -> None:
     ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)))
 
 
+def ray_train_worker(loop_config: dict[str, TrainingJob]) -> None:
+    """Ray Train's ``train_loop_per_worker``: the job, run in this worker's Ray Train context."""
+    quiet_ray_train_reports()
+    train_worker(replace(loop_config["job"], context=RayTrainContext()))
+
+
+def quiet_ray_train_reports() -> None:
+    """Inside Ray: our own INFO lines to the driver, not Ray Train's lines per report and checkpoint."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import ray.train.v2._internal.execution.context as train_context
+    import ray.train.v2._internal.execution.storage as train_storage
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(train_storage.__name__).setLevel(logging.WARNING)  # "Checkpoint successfully created"
+
+
 def fit_with_ray(
-    job: dict[str, Any], spec: AssignmentSpec, run_name: str, run_dir: str | Path, report_to_tune: bool = False,
+    job: TrainingJob, spec: AssignmentSpec, run_name: str, run_dir: str | Path, report_to_tune: bool = False,
 ) -> None:
     """One ``TorchTrainer.fit``; resumes from the run's last Ray Train checkpoint when there is one.
 
     ``report_to_tune``: this runs inside a Ray Tune trial, and rank 0's reports go on to Tune.
     """
-    cfg = job["config"]
+    cfg = job.config
     init_ray(cfg)
     pool = AssignmentPool(spec, cfg["assign"]["num_actors"], f"boxsup-{run_name}-{uuid.uuid4().hex[:6]}",
                           cfg["assign"]["actor_cpus"])
     r = cfg["ray"]
     storage_path, storage_filesystem = open_location(run_dir).ray_storage("ray")  # checkpoints beside the run's files
     trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=job | {"pool": pool, "progress": False},  # per-batch bars become log spam through Ray
+        ray_train_worker,
+        train_loop_config={"job": replace(job, pool=pool, progress=False)},  # per-batch bars: log spam through Ray
         scaling_config=ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"],
                                      resources_per_worker={"CPU": r["cpus_per_worker"]}),
         run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,

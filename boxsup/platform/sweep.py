@@ -24,14 +24,13 @@ from typing import Any
 import yaml
 from mlflow.tracking import MlflowClient
 
-from boxsup.config import resolve_classes
-from boxsup.data.voc import VOCDataset
+from boxsup.data.sources import build_training_set
 from boxsup.errors import BoxSupError
 from boxsup.platform.ray_train import init_ray, run_cpus
 from boxsup.platform.runs_table import SWEEP_ROLE_TAG, SWEPT_KEYS_TAG, RunRow, experiment_runs
 from boxsup.platform.search_space import METRIC, MODE, SearchSpace, apply_trial, load_search_space
 from boxsup.platform.tracking import RunLogger, experiment_id, tracking_uri
-from boxsup.trainers.run import absolute_paths, ensure_proposals
+from boxsup.platform.launch import absolute_paths, ensure_proposals
 from boxsup.utils.storage import join, open_location
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ def prebuild_proposals(space: SearchSpace, cfg: dict[str, Any], progress: bool) 
     """Build every proposal store the sweep's trials can need, once; returns method -> store."""
     if set(possible_values(space, "data.supervision", cfg)) == {"mask"}:
         return {}
-    dataset = VOCDataset(cfg["data"]["root"], cfg["data"]["train_split"], resolve_classes(cfg))
+    dataset = build_training_set(cfg)
     stores = {}
     for method in possible_values(space, "proposals.method", cfg):
         method_cfg = apply_trial(cfg, {"proposals.method": method})
@@ -107,7 +106,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], experiment: str, par
     """One trial (runs in a Tune actor): the base config with this trial's values, as one BoxSup run."""
     from ray import tune
 
-    from boxsup.trainers.run import run_boxsup
+    from boxsup.platform.launch import run_boxsup
 
     name = tune.get_context().get_trial_name()
     cfg = apply_trial(base, params)

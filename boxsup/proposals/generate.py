@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from boxsup.data.voc import VOCDataset
+from boxsup.data.dataset import SegmentationDataset
 from boxsup.errors import BoxSupError
 from boxsup.proposals.box_masks import grabcut, rectangles
 from boxsup.proposals.pool import CandidatePool
@@ -35,6 +35,9 @@ def generator(method: str, max_candidates: int = 2000, seed: int = 0) -> Callabl
         return lambda image, boxes: grabcut(image, boxes)
     if method == "rectangles":
         return lambda image, boxes: rectangles(image, boxes)
+    if method == "mcg":
+        raise BoxSupError("proposals.method mcg: MCG proposals are imported, not computed; run `boxsup proposals import "
+                          "--format mcg --mat-dir DIR --config FILE --out STORE` and set proposals.store")
     raise BoxSupError(f"proposals.method: unknown method {method!r} (choose from {', '.join(METHODS)})")
 
 
@@ -45,14 +48,13 @@ class BuildReport:
     skipped: Counter = field(default_factory=Counter)
 
 
-def store_meta(dataset: VOCDataset, method: str, max_candidates: int, seed: int) -> dict[str, Any]:
-    """The meta.json of a store of ``method`` proposals for ``dataset``'s split (written and checked alike)."""
-    return {"method": method, "max_candidates": max_candidates, "seed": seed,
-            "data_root": str(dataset.root.resolve()), "split": dataset.split}
+def store_meta(dataset: SegmentationDataset, method: str, max_candidates: int, seed: int) -> dict[str, Any]:
+    """The meta.json of a store of ``method`` proposals for ``dataset`` (written and checked alike)."""
+    return {"method": method, "max_candidates": max_candidates, "seed": seed, **dataset.origin()}
 
 
 def build_store(
-    dataset: VOCDataset,
+    dataset: SegmentationDataset,
     store: ProposalStore,
     method: str,
     max_candidates: int = 2000,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from boxsup.platform.tracking import RunLogger
+from boxsup.trainers.job import MetricsSink
 from boxsup.utils.storage import Location
 
 
-def publish(local: Path, run_dir: Location, logger: RunLogger | None, folder: str | None = None) -> None:
+def publish(local: Path, run_dir: Location, logger: MetricsSink | None, folder: str | None = None) -> None:
     """Copy the local file ``local`` into ``run_dir`` under its own name, and log it to MLflow in ``folder``."""
     run_dir.upload(local, local.name)
     if logger is not None:

@@ -1,7 +1,7 @@
 """The BoxSup training loop of one worker (Sec. 4.3): label-update round, epoch, evaluation, repeated.
 
-Ray Train runs ``train_worker`` on every worker (``RayTrainContext``); without Ray it runs once
-in-process (``LocalContext``). Round r's labels use the network after epoch r-1 (round 0: E_o
+The launcher (``boxsup.platform``) runs ``train_worker`` on every Ray Train worker, or once
+in-process, with the job's context, label pool and metrics sink set (``boxsup.trainers.job``). Round r's labels use the network after epoch r-1 (round 0: E_o
 alone), then epoch r trains on them. Each worker runs the network over its share of the box images
 and sends per-atom mean costs to the assignment pool, which writes the label maps; the training
 images are sharded by a ``DistributedSampler``; validation is sharded and its confusion matrix
@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,21 +32,22 @@ from tqdm import tqdm
 
 from boxsup.assign.assign import atom_mean_costs
 from boxsup.assign.diagnostics import ChoiceDiagnostics
-from boxsup.config import label_update_settings, resolve_classes
+from boxsup.config import label_update_settings
 from boxsup.data.annotations import ImageAnnotation, Supervision
 from boxsup.data.label_store import LabelStore
-from boxsup.data.voc import VOCDataset
+from boxsup.data.dataset import SegmentationDataset
+from boxsup.data.sources import build_datasets
 from boxsup.errors import BoxSupError
 from boxsup.evaluation.evaluate import evaluate
 from boxsup.evaluation.figures import confusion_figure, label_evolution_figure
 from boxsup.evaluation.metrics import ConfusionMatrix
 from boxsup.models import build_model, parameter_groups
-from boxsup.platform.tracking import RunLogger
 from boxsup.proposals.pool import split_atoms_by_boxes
 from boxsup.proposals.store import ProposalStore
 from boxsup.trainers.artifacts import publish
 from boxsup.trainers.epoch import pixel_costs, train_one_epoch
 from boxsup.trainers.faults import Fault, kill
+from boxsup.trainers.job import MetricsSink, TrainingJob, WorkerContext
 from boxsup.trainers.weight_average import WeightAverage
 from boxsup.trainers.training_set import TrainingSet
 from boxsup.utils.storage import open_location
@@ -83,7 +83,7 @@ class RoundSummary:
 CONFUSIONS = ("chosen", "eo_best", "oracle")
 
 
-def summarize_round(ctx, results: list, num_classes: int, started: float) -> tuple[RoundSummary, list[tuple[str, str | None]]]:
+def summarize_round(ctx: WorkerContext, results: list, num_classes: int, started: float) -> tuple[RoundSummary, list[tuple[str, str | None]]]:
     """Every worker's image results, summed over the workers; and every (image id, skip reason)."""
     n = num_classes
     confusions = np.zeros((len(CONFUSIONS), n * n))
@@ -106,13 +106,13 @@ def summarize_round(ctx, results: list, num_classes: int, started: float) -> tup
 
 
 def label_round(
-    ctx, job: dict[str, Any], model: torch.nn.Module | None, round_index: int,
-    box_images: list[ImageAnnotation], dataset: VOCDataset, progress: bool, previous_round: int | None = None,
+    ctx: WorkerContext, job: TrainingJob, model: torch.nn.Module | None, round_index: int,
+    box_images: list[ImageAnnotation], dataset: SegmentationDataset, progress: bool, previous_round: int | None = None,
 ) -> RoundSummary:
     """One round over every box image: this worker's share through the network, all through the pool."""
     started = time.perf_counter()
-    cfg, pool = job["config"], job["pool"]
-    store = ProposalStore(job["proposal_store"])
+    cfg, pool = job.config, job.pool
+    store = ProposalStore(job.proposal_store)
     kind = cfg["assign"]["pixel_cost"]
     use_network = model is not None and cfg["assign"]["lam"] != 0
     mine = box_images[ctx.rank :: ctx.world]
@@ -135,7 +135,8 @@ def label_round(
     return summary
 
 
-def distributed_evaluate(ctx, model: torch.nn.Module, dataset: VOCDataset, cfg: dict, progress: bool) -> ConfusionMatrix:
+def distributed_evaluate(ctx: WorkerContext, model: torch.nn.Module, dataset: SegmentationDataset, cfg: dict,
+                         progress: bool) -> ConfusionMatrix:
     """Every worker scores its share of the split; the confusion matrices are summed."""
     confusion = evaluate(model, dataset, ctx.device, tuple(cfg["eval"]["scales"]), cfg["eval"]["crf"], progress,
                          ids=dataset.ids[ctx.rank :: ctx.world])
@@ -169,25 +170,25 @@ def label_evolution_rows(annotations, dataset, labels: LabelStore, rounds: list[
     return rows
 
 
-def final_artifacts(job, logger: RunLogger, model, confusion: ConfusionMatrix, classes, annotations, dataset, rounds: list[int]) -> None:
+def final_artifacts(job: TrainingJob, logger: MetricsSink, model, confusion: ConfusionMatrix, classes, annotations, dataset, rounds: list[int]) -> None:
     """Rank 0 after the last epoch: per-class IoU, figures, the checkpoint (made locally, into the run dir
     and MLflow), then result.json."""
-    run_dir = open_location(job["run_dir"])
+    run_dir = open_location(job.run_dir)
     names = ["background", *classes]
     scores = confusion.compute()
     class_iou = {name: float(v) for name, v in zip(names, scores.class_iou)}
-    logger.log_metrics({f"val_iou_{n}": v for n, v in class_iou.items() if np.isfinite(v)}, step=job["config"]["train"]["epochs"])
+    logger.log_metrics({f"val_iou_{n}": v for n, v in class_iou.items() if np.isfinite(v)}, step=job.config["train"]["epochs"])
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp)
         confusion_figure(confusion.matrix, names, local / "confusion_matrix.png")
         publish(local / "confusion_matrix.png", run_dir, logger, "figures")
         if rounds:
             chosen = sorted({rounds[0], rounds[len(rounds) // 2], rounds[-1]})
-            rows = label_evolution_rows(annotations, dataset, LabelStore(job["label_store"]), chosen)
+            rows = label_evolution_rows(annotations, dataset, LabelStore(job.label_store), chosen)
             if rows:
                 label_evolution_figure(rows, local / "label_evolution.png")
                 publish(local / "label_evolution.png", run_dir, logger, "figures")
-        torch.save({"model": model.state_dict(), "config": job["config"], "classes": list(classes)}, local / "checkpoint.pt")
+        torch.save({"model": model.state_dict(), "config": job.config, "classes": list(classes)}, local / "checkpoint.pt")
         publish(local / "checkpoint.pt", run_dir, logger, "checkpoint")
     result = {"val_miou": scores.miou, "val_pixel_accuracy": scores.pixel_accuracy, "class_iou": class_iou}
     run_dir.write_bytes("result.json", json.dumps(result, indent=2).encode())
@@ -196,39 +197,33 @@ def final_artifacts(job, logger: RunLogger, model, confusion: ConfusionMatrix, c
 USER_ERROR_FILE = ".user_error"
 
 
-def train_worker(job: dict[str, Any]) -> None:
-    """The per-worker training function (a Ray Train ``train_loop_per_worker``).
+def train_worker(job: TrainingJob) -> None:
+    """The per-worker training function, run by the launcher with ``job.context`` set.
 
     A user's mistake (``BoxSupError``) is recorded in the run directory before it is raised; Ray
     Train then restarts the workers, which find the record and return at once (no retries spent
     on a mistake that would only happen again); the driver reports the recorded line.
     """
-    from boxsup.platform.context import RayTrainContext
-
-    ctx = job.get("context") or RayTrainContext()
-    if "context" not in job:
-        quiet_ray_train_reports()
-    run_dir = open_location(job["run_dir"])
+    run_dir = open_location(job.run_dir)
     if run_dir.exists(USER_ERROR_FILE):
         return
     try:
-        _train(ctx, job)
+        _train(job.context, job)
     except BoxSupError as exc:
         run_dir.write_bytes(USER_ERROR_FILE, str(exc).encode())
         raise
 
 
-def _train(ctx, job: dict[str, Any]) -> None:
-    cfg, t = job["config"], job["config"]["train"]
-    progress = ctx.rank == 0 and job.get("progress", True)
+def _train(ctx: WorkerContext, job: TrainingJob) -> None:
+    cfg, t = job.config, job.config["train"]
+    progress = ctx.rank == 0 and job.progress
     seed = cfg["seed"]
     torch.manual_seed(seed)
     if t["num_threads"]:
         torch.set_num_threads(t["num_threads"])
-    classes = resolve_classes(cfg)
-    train_data = VOCDataset(cfg["data"]["root"], cfg["data"]["train_split"], classes)
-    val_data = VOCDataset(cfg["data"]["root"], cfg["data"]["val_split"], classes)
-    annotations = job["annotations"]
+    train_data, val_data = build_datasets(cfg)
+    classes = train_data.classes
+    annotations = job.annotations
     box_images = [a for a in annotations if a.supervision == Supervision.BOX]
     mask_images = [a for a in annotations if a.supervision == Supervision.MASK]
 
@@ -249,10 +244,10 @@ def _train(ctx, job: dict[str, Any]) -> None:
         log.info("resuming after epoch %d (labels of round %d)", state["epoch"], label_round_index)
     network = ctx.wrap_model(model)
     scaler = torch.amp.GradScaler("cuda") if t["amp"] and ctx.device.type == "cuda" else None
-    logger = RunLogger(job["tracking_uri"], job["mlflow_run_id"]) if ctx.rank == 0 else None
+    logger = job.logger if ctx.rank == 0 else None
     logged = logger.logged_steps("train_loss") if logger is not None else set()  # by an earlier attempt
-    fault: Fault | None = job.get("fault")
-    labels = LabelStore(job["label_store"])
+    fault: Fault | None = job.fault
+    labels = LabelStore(job.label_store)
     training_set = TrainingSet(train_data, annotations, labels, cfg["data"]["crop_size"], seed)
     rounds = labels.rounds(up_to=label_round_index) if state is not None else []
     confusion = None
@@ -308,22 +303,12 @@ def _train(ctx, job: dict[str, Any]) -> None:
             log.info("epoch %d: loss %.4f%s", epoch, loss,
                      f", val mIoU {metrics['val_miou']:.4f}" if "val_miou" in metrics else "")
         if fault is not None and ctx.rank == 0:
-            inject_fault(fault, epoch, job.get("driver_pid"))
+            inject_fault(fault, epoch, job.driver_pid)
 
     if confusion is None:  # restarted after the last epoch's checkpoint: score the model it holds
         confusion = distributed_evaluate(ctx, model, val_data, cfg, progress)
     if ctx.rank == 0:
         final_artifacts(job, logger, model, confusion, classes, annotations, train_data, rounds)
-
-
-def quiet_ray_train_reports() -> None:
-    """Inside Ray: our own INFO lines to the driver, not Ray Train's lines per report and checkpoint."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    import ray.train.v2._internal.execution.context as train_context
-    import ray.train.v2._internal.execution.storage as train_storage
-
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    logging.getLogger(train_storage.__name__).setLevel(logging.WARNING)  # "Checkpoint successfully created"
 
 
 def inject_fault(fault: Fault, epoch: int, driver_pid: int | None) -> None:

@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 
 from boxsup.data.annotations import IGNORE, ImageAnnotation, Supervision
 from boxsup.data.label_store import LabelStore
-from boxsup.data.voc import VOCDataset
+from boxsup.data.dataset import SegmentationDataset
 from boxsup.models import normalize_image
 
 
@@ -43,7 +43,7 @@ class TrainingSet(Dataset):
 
     def __init__(
         self,
-        dataset: VOCDataset,
+        dataset: SegmentationDataset,
         annotations: list[ImageAnnotation],
         labels: LabelStore,
         crop_size: int,

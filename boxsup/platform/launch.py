@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from boxsup.config import label_update_settings, resolve_classes
 from boxsup.data.annotations import ImageAnnotation, Supervision
-from boxsup.data.supervision import apply_supervision, audit_images, images_with_masks
-from boxsup.data.voc import VOCDataset
+from boxsup.data.dataset import SegmentationDataset, UnionDataset
+from boxsup.data.sources import build_datasets, source_specs, training_annotations
 from boxsup.errors import BoxSupError
 from boxsup.proposals.generate import build_store, store_meta
 from boxsup.proposals.store import ProposalStore
@@ -30,6 +30,7 @@ from boxsup.platform.ray_train import fit_with_ray
 from boxsup.platform.guard import driver_guard
 from boxsup.platform.tracking import RunLogger, end_run, reopen_run, start_run, tracking_uri
 from boxsup.trainers.faults import fault_from_env
+from boxsup.trainers.job import TrainingJob
 from boxsup.trainers.loop import USER_ERROR_FILE, train_worker
 from boxsup.utils.storage import Location, canonical, join, open_location
 
@@ -54,56 +55,47 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_training_annotations(cfg: dict[str, Any], dataset: VOCDataset) -> list[ImageAnnotation]:
-    """Annotations of the training split with each image's supervision kind set.
-
-    An image that cannot be used (unreadable, unknown class, its size not its XML's or its mask's)
-    is left out, counted and logged; when none is left the run stops.
-    """
-    annotations = dataset.load_annotations(skip_bad=True)
-    if not annotations:
-        raise BoxSupError(f"{dataset.list_file}: none of the {len(dataset.ids)} training images can be used (see the warnings above)")
-    d = cfg["data"]
-    masked = images_with_masks(dataset.ids, d["supervision"], cfg["seed"], d["mask_fraction"], d["mask_list"])
-    if d["audit_list"] or d["audit_fraction"]:
-        audit = audit_images([a.image_id for a in annotations if a.has_mask], cfg["seed"], d["audit_fraction"],
-                             d["audit_list"], dataset.ids)
-        masked -= audit
-        log.info("%d audit images: their masks score the label updates (pseudo_miou) and never train", len(audit))
-    missing = apply_supervision(annotations, masked)
-    if missing:
-        log.warning("%d images have no mask in SegmentationClass/ and fall back to their boxes, e.g. %s",
-                    len(missing), missing[0])
-    return annotations
-
-
-def proposal_store(cfg: dict[str, Any], dataset: VOCDataset) -> ProposalStore:
-    """The configured store, or one per (dataset, split, method) under ``output.dir``."""
+def proposal_store(cfg: dict[str, Any], dataset: SegmentationDataset) -> ProposalStore:
+    """The configured store, or one per (training data, method) under ``output.dir``."""
     if cfg["proposals"]["store"]:
         return ProposalStore(cfg["proposals"]["store"])
-    key = hashlib.sha1(str(dataset.root.resolve()).encode()).hexdigest()[:8]
-    name = f"{dataset.root.resolve().name}-{key}-{dataset.split}-{cfg['proposals']['method']}"
+    origin = dataset.origin()
+    key = hashlib.sha1(origin["data_root"].encode()).hexdigest()[:8]
+    stem = Path(origin["data_root"].split(" + ")[0]).name
+    split = origin["split"] if " + " not in origin["split"] else f"{len(origin['split'].split(' + '))}sources"
+    name = f"{stem}-{key}-{split}-{cfg['proposals']['method']}"
     return ProposalStore(join(cfg["output"]["dir"], "proposals", name))
 
 
-def checked_proposal_store(cfg: dict[str, Any], dataset: VOCDataset) -> ProposalStore:
+def checked_proposal_store(cfg: dict[str, Any], dataset: SegmentationDataset) -> ProposalStore:
     """The run's proposal store, refused unless made (or empty, to be made) for this method, dataset and split."""
     store = proposal_store(cfg, dataset)
     store.check_origin(store_meta(dataset, cfg["proposals"]["method"], cfg["proposals"]["max_candidates"], cfg["seed"]))
     return store
 
 
-def ensure_proposals(cfg: dict[str, Any], dataset: VOCDataset, progress: bool, ids: list[str] | None = None) -> ProposalStore:
+def ensure_proposals(cfg: dict[str, Any], dataset: SegmentationDataset, progress: bool, ids: list[str] | None = None) -> ProposalStore:
     """The run's checked proposal store, completed for ``ids`` (default: the whole split) if needed."""
     return complete_store(checked_proposal_store(cfg, dataset), cfg, dataset, progress, ids)  # a complete store too
 
 
-def complete_store(store: ProposalStore, cfg: dict[str, Any], dataset: VOCDataset, progress: bool,
+IMPORTED_METHODS = ("mcg",)  # proposals imported from published files, never computed here
+
+
+def complete_store(store: ProposalStore, cfg: dict[str, Any], dataset: SegmentationDataset, progress: bool,
                    ids: list[str] | None = None) -> ProposalStore:
     """Build the pools of ``ids`` (default: the whole split) that the already checked ``store`` lacks."""
     wanted = dataset.ids if ids is None else ids
-    if not set(wanted) <= store.stored_ids():
+    lacking = set(wanted) - store.stored_ids()
+    if lacking:
         method = cfg["proposals"]["method"]
+        if method in IMPORTED_METHODS:
+            if len(lacking) == len(set(wanted)):
+                raise BoxSupError(f"{store.root}: holds no {method} pool for any training image; import them first: "
+                                  f"boxsup proposals import --format {method} --mat-dir DIR --config FILE --out {store.root}")
+            log.warning("%s: %d of %d box images have no imported %s pool (e.g. %s); they sit out every label "
+                        "update (counted as skipped)", store.root, len(lacking), len(set(wanted)), method, min(lacking))
+            return store
         log.info("building %s proposals into %s", method, store.root)
         build_store(dataset, store, method, cfg["proposals"]["max_candidates"], cfg["seed"], progress, ids=wanted)
     return store
@@ -112,7 +104,10 @@ def complete_store(store: ProposalStore, cfg: dict[str, Any], dataset: VOCDatase
 def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
     """A copy of the config whose paths no longer depend on the working directory (for workers)."""
     out = copy.deepcopy(cfg)
-    out["data"]["root"] = str(Path(cfg["data"]["root"]).resolve())
+    if cfg["data"]["root"] is not None:
+        out["data"]["root"] = str(Path(cfg["data"]["root"]).resolve())
+    for source in [*(out["data"]["sources"] or []), *([out["data"]["val"]] if out["data"]["val"] else [])]:
+        source["root"] = str(Path(source["root"]).resolve())  # their other paths are relative to it
     classes = cfg["data"]["classes"]
     if isinstance(classes, str) and classes != "voc":
         out["data"]["classes"] = list(resolve_classes(cfg))
@@ -157,9 +152,9 @@ def run_boxsup(
             raise BoxSupError(f"{run_dir}: a run of this name exists; resume it with --resume {run_dir} or pick tracking.run_name")
     classes = resolve_classes(cfg)
     label_update_settings(cfg)  # a combination the label update cannot use stops here
-    train_data = VOCDataset(cfg["data"]["root"], cfg["data"]["train_split"], classes)
-    annotations = load_training_annotations(cfg, train_data)
-    VOCDataset(cfg["data"]["root"], cfg["data"]["val_split"], classes).load_annotations(skip_bad=False)  # scores count all
+    train_data, val_data = build_datasets(cfg, classes)
+    annotations = training_annotations(cfg, train_data)
+    val_data.load_annotations(skip_bad=False)  # a score must count every validation image: no skips
     store = checked_proposal_store(cfg, train_data)
     if resume is not None:
         reopen_run(cfg["tracking"]["uri"], record["mlflow_run_id"])
@@ -216,7 +211,7 @@ def start_tracked_run(cfg: dict[str, Any], name: str, run_files: Location, tags:
 
 
 def train(
-    cfg: dict[str, Any], train_data: VOCDataset, annotations: list[ImageAnnotation], store: ProposalStore,
+    cfg: dict[str, Any], train_data: UnionDataset, annotations: list[ImageAnnotation], store: ProposalStore,
     record: dict[str, Any], run_dir: str, progress: bool, report_to_tune: bool,
 ) -> None:
     """Proposals when the run needs them (``store`` is already checked), then the training loop in
@@ -227,18 +222,18 @@ def train(
         complete_store(store, cfg, train_data, progress, box_ids)
     fault = fault_from_env(str(run_dir))
     a, rule = cfg["assign"], label_update_settings(cfg)
-    spec = AssignmentSpec(cfg["data"]["root"], cfg["data"]["train_split"], classes, str(store.root),
+    spec = AssignmentSpec(cfg["data"], classes, str(store.root),
                           join(run_dir, "labels"), a["lam"], a["k"], cfg["seed"], cache_images=a["cache_images"],
                           trust_margin=rule["trust_margin"], lam_ramp=rule["lam_ramp"],
                           first_network_round=a["warmup_epochs"], region_cost=rule["region_cost"],
                           sample_margin=float("inf") if rule["sample_margin"] is None else rule["sample_margin"],
                           fault=fault)
-    job = {"config": cfg, "annotations": annotations, "run_dir": str(run_dir), "label_store": spec.label_store,
-           "proposal_store": spec.proposal_store, "tracking_uri": cfg["tracking"]["uri"],
-           "mlflow_run_id": record["mlflow_run_id"], "progress": progress, "fault": fault, "driver_pid": os.getpid()}
+    job = TrainingJob(cfg, annotations, str(run_dir), spec.label_store, spec.proposal_store,
+                      RunLogger(cfg["tracking"]["uri"], record["mlflow_run_id"]), progress=progress, fault=fault,
+                      driver_pid=os.getpid())
     if cfg["ray"]["num_workers"] == 0:
-        context = LocalContext(run_dir, select_device(cfg["train"]["device"]), report_to_tune)
-        job.update(pool=LocalAssignmentPool(spec), context=context)
+        job.context = LocalContext(run_dir, select_device(cfg["train"]["device"]), report_to_tune)
+        job.pool = LocalAssignmentPool(spec)
         train_worker(job)
     else:
         fit_with_ray(job, spec, record["name"], run_dir, report_to_tune)

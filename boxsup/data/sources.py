@@ -1,0 +1,216 @@
+"""``data.sources`` and ``data.val``: which readers a run's data comes from, made in one place.
+
+A run trains on the union of its sources, each with its own format, supervision and class mapping,
+and scores on one validation source. ``data.root`` is the one-source shorthand: a VOC-layout root
+with ``data.train_split``/``data.val_split`` and ``data.supervision``. ``build_datasets`` turns the
+config into the two datasets; ``training_annotations`` reads the training set's annotations and
+sets each image's supervision by its source's rule.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from boxsup.data.annotations import ImageAnnotation
+from boxsup.data.dataset import PrefixedDataset, SegmentationDataset, UnionDataset
+from boxsup.data.supervision import apply_supervision, audit_images, images_with_masks
+from boxsup.errors import BoxSupError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("voc", "voc_aug", "sbd", "coco", "context")
+SUPERVISIONS = ("mask", "box", "semi")
+VOC_LIKE = ("voc", "voc_aug", "sbd", "context")  # take `split` or `list`
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One entry of ``data.sources`` (or ``data.val``), checked. Paths as given; relative ones are to ``root``
+    (``list``, ``annotations``, ``images``) or to the working directory (``root``)."""
+
+    name: str
+    format: str
+    root: str
+    supervision: str = "box"
+    split: str | None = None  # voc-like formats: a list name (ImageSets/.../<split>.txt, or <root>/<split>.txt for sbd)
+    list: str | None = None  # voc-like formats: a file of ids instead of a split name
+    annotations: str | None = None  # coco: the instances JSON
+    images: str | None = None  # coco: the image folder
+    mask_fraction: float = 0.1  # semi: share of this source's images that keep their masks
+    mask_list: str | None = None  # semi: file of ids that keep their masks
+    class_map: dict[str, str | None] = field(default_factory=dict)  # source class name -> run class, background or null
+    prefix: str = ""  # put before every id of this source (ids must be unique across sources)
+
+    def path(self, value: str) -> Path:
+        """``value`` relative to the source's root unless absolute."""
+        p = Path(value)
+        return p if p.is_absolute() else Path(self.root) / p
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _problem(where: str, key: str, text: str) -> BoxSupError:
+    return BoxSupError(f"config key {where}.{key}: {text}")
+
+
+def parse_source(raw: Any, where: str, default_supervision: str = "box") -> SourceSpec:
+    """A checked ``SourceSpec`` from one mapping of the config; every mistake is one line naming the key."""
+    if not isinstance(raw, dict):
+        raise BoxSupError(f"config key {where}: expected a mapping with name, format, root, supervision, got {raw!r}")
+    known = {f.name for f in fields(SourceSpec)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise _problem(where, unknown[0], f"unknown key (known: {', '.join(sorted(known))})")
+    for key in ("name", "format", "root"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise _problem(where, key, f"required, a non-empty string, got {raw.get(key)!r}")
+    if raw["format"] not in FORMATS:
+        raise _problem(where, "format", f"{raw['format']!r} is not one of {', '.join(FORMATS)}")
+    values = dict(raw)
+    values.setdefault("supervision", default_supervision)
+    if values["supervision"] not in SUPERVISIONS:
+        raise _problem(where, "supervision", f"{values['supervision']!r} is not one of {', '.join(SUPERVISIONS)}")
+    for key in ("split", "list", "annotations", "images", "mask_list", "prefix"):
+        if values.get(key) is not None and not isinstance(values[key], str):
+            raise _problem(where, key, f"expected a string, got {values[key]!r}")
+    fraction = values.get("mask_fraction", 0.1)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise _problem(where, "mask_fraction", f"must lie in [0, 1], got {fraction!r}")
+    values["mask_fraction"] = float(fraction)
+    class_map = values.get("class_map") or {}
+    if not isinstance(class_map, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str))
+                                                  for k, v in class_map.items()):
+        raise _problem(where, "class_map", f"expected a mapping of class name -> run class name or null, got {class_map!r}")
+    values["class_map"] = dict(class_map)
+    fmt = values["format"]
+    if fmt == "coco":
+        for key in ("annotations", "images"):
+            if not values.get(key):
+                raise _problem(where, key, "required for format coco")
+        for key in ("split", "list"):
+            if values.get(key):
+                raise _problem(where, key, "not used by format coco (its images are those of the annotations file)")
+    else:
+        if bool(values.get("split")) == bool(values.get("list")):
+            raise _problem(where, "split", f"format {fmt} takes exactly one of split (a list name) and list (a file of ids)")
+        for key in ("annotations", "images"):
+            if values.get(key):
+                raise _problem(where, key, f"only format coco takes {key}")
+    return SourceSpec(**values)
+
+
+def source_specs(data: dict[str, Any]) -> tuple[list[SourceSpec], SourceSpec]:
+    """The training sources and the validation source of a config's ``data`` section (shorthand expanded)."""
+    if data.get("sources") is None:
+        root = data["root"]
+        name = Path(root).name or "data"
+        train = SourceSpec(name, "voc", root, data["supervision"], split=data["train_split"],
+                           mask_fraction=data["mask_fraction"], mask_list=data["mask_list"])
+        val = SourceSpec(name, "voc", root, "mask", split=data["val_split"])
+        return [train], val
+    raw = data["sources"]
+    if not isinstance(raw, list) or not raw:
+        raise BoxSupError(f"config key data.sources: expected a non-empty list of source mappings, got {raw!r}")
+    specs = [parse_source(entry, f"data.sources[{i}]") for i, entry in enumerate(raw)]
+    names = [s.name for s in specs]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise BoxSupError(f"config key data.sources: two sources are named {twice!r}")
+    if data.get("val") is None:
+        raise BoxSupError("config key data.val: not set (with data.sources, name the validation source: "
+                          "a mapping with name, format, root and split)")
+    return specs, parse_source(data["val"], "data.val", default_supervision="mask")
+
+
+def _open_voc(spec: SourceSpec, classes: tuple[str, ...]) -> SegmentationDataset:
+    from boxsup.data.voc import VOCDataset
+
+    mask_dir = "SegmentationClassAug" if spec.format == "voc_aug" else "SegmentationClass"
+    return VOCDataset(spec.root, spec.split, classes, list_file=spec.path(spec.list) if spec.list else None,
+                      mask_dir=mask_dir, name=spec.name, class_map=spec.class_map)
+
+
+def _open_coco(spec: SourceSpec, classes: tuple[str, ...]) -> SegmentationDataset:
+    from boxsup.data.coco import CocoDataset
+
+    return CocoDataset(spec.path(spec.annotations), spec.path(spec.images), classes, name=spec.name,
+                       class_map=spec.class_map)
+
+
+def _open_sbd(spec: SourceSpec, classes: tuple[str, ...]) -> SegmentationDataset:
+    from boxsup.data.sbd import SBDDataset
+
+    return SBDDataset(spec.root, classes, split=spec.split, list_file=spec.path(spec.list) if spec.list else None,
+                      name=spec.name, class_map=spec.class_map)
+
+
+def _open_context(spec: SourceSpec, classes: tuple[str, ...]) -> SegmentationDataset:
+    from boxsup.data.context import ContextDataset
+
+    return ContextDataset(spec.root, classes, split=spec.split, list_file=spec.path(spec.list) if spec.list else None,
+                          name=spec.name, class_map=spec.class_map)
+
+
+READERS: dict[str, Callable[[SourceSpec, tuple[str, ...]], SegmentationDataset]] = {
+    "voc": _open_voc, "voc_aug": _open_voc, "sbd": _open_sbd, "coco": _open_coco, "context": _open_context,
+}  # fmt: skip
+
+
+def open_source(spec: SourceSpec, classes: tuple[str, ...]) -> SegmentationDataset:
+    """The reader of one source, its ids prefixed when the source says so."""
+    if not Path(spec.root).is_dir():
+        raise BoxSupError(f"{spec.root}: root of source {spec.name!r} is not a directory")
+    dataset = READERS[spec.format](spec, classes)
+    return PrefixedDataset(dataset, spec.prefix) if spec.prefix else dataset
+
+
+def build_datasets(cfg: dict[str, Any], classes: tuple[str, ...] | None = None) -> tuple[UnionDataset, SegmentationDataset]:
+    """The run's training set (the union of ``data.sources``) and its validation set (``data.val``)."""
+    from boxsup.config import resolve_classes
+
+    classes = classes or resolve_classes(cfg)
+    train_specs, val_spec = source_specs(cfg["data"])
+    train = UnionDataset([open_source(spec, classes) for spec in train_specs])
+    return train, open_source(val_spec, classes)
+
+
+def build_training_set(cfg: dict[str, Any], classes: tuple[str, ...] | None = None) -> UnionDataset:
+    """The run's training set alone (what the label-update actors and the proposal builder read)."""
+    from boxsup.config import resolve_classes
+
+    classes = classes or resolve_classes(cfg)
+    return UnionDataset([open_source(spec, classes) for spec in source_specs(cfg["data"])[0]])
+
+
+def training_annotations(cfg: dict[str, Any], train: UnionDataset) -> list[ImageAnnotation]:
+    """Annotations of the training set with each image's supervision set by its source's rule.
+
+    An image that cannot be used (unreadable, unknown class, its size not its annotation's or its
+    mask's) is left out, counted and logged; when none is left the run stops. ``data.audit_*``
+    picks masked images whose masks only score the label updates.
+    """
+    specs = source_specs(cfg["data"])[0]
+    annotations, masked = [], set()
+    for spec, source in zip(specs, train.sources):
+        anns = source.load_annotations(skip_bad=True)
+        if not anns:
+            raise BoxSupError(f"{source.list_file}: none of the {len(source.ids)} images of source {spec.name!r} "
+                              "can be used (see the warnings above)")
+        mask_list = str(spec.path(spec.mask_list)) if spec.mask_list and cfg["data"].get("sources") else spec.mask_list
+        masked |= images_with_masks(source.ids, spec.supervision, cfg["seed"], spec.mask_fraction, mask_list)
+        annotations += anns
+    d = cfg["data"]
+    if d["audit_list"] or d["audit_fraction"]:
+        audit = audit_images([a.image_id for a in annotations if a.has_mask], cfg["seed"], d["audit_fraction"],
+                             d["audit_list"], train.ids)
+        masked -= audit
+        log.info("%d audit images: their masks score the label updates (pseudo_miou) and never train", len(audit))
+    missing = apply_supervision(annotations, masked)
+    if missing:
+        log.warning("%d images asked to train on their masks have none and fall back to their boxes, e.g. %s",
+                    len(missing), missing[0])
+    return annotations
