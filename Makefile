@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # pip prints one line per package for this machine's local wheel folders; they are noise.
 QUIET_PIP := { grep -v '^WARNING: Location' || true; }
 
-.PHONY: demo sweep-demo test install clean
+.PHONY: demo demo-extra-boxes sweep-demo test install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/boxsup demo --config configs/demo.yaml --data demo_data
 
+# Masks on 1/6 of the demo images vs the same masks + boxes on the rest from a COCO-format copy.
+demo-extra-boxes: $(STAMP)
+	$(VENV)/bin/boxsup demo --extra-boxes --config configs/demo.yaml --data demo_data
+
 # The demo's data, then a 2-trial Ray Tune sweep over it (k=1 vs k=5), one MLflow experiment.
 demo_data: | $(STAMP)
 	$(VENV)/bin/boxsup data synth --out demo_data
@@ -32,4 +36,4 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 clean:
-	rm -rf runs demo_data mlflow.db mlartifacts
+	rm -rf runs demo_data demo_data-coco-boxes mlflow.db mlartifacts

@@ -24,6 +24,12 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     except ValueError as exc:  # the generators check their arguments before writing anything
         raise BoxSupError(f"data synth --style {args.style}: {exc}") from None
     print(f"wrote {args.out}: {summary}")
+    if args.format == "coco":
+        from boxsup.data.to_coco import write_coco_copy
+
+        out = Path(args.out) if Path(args.out).name not in ("", ".", "..") else Path(args.out).resolve()
+        copy = write_coco_copy(out, out.with_name(f"{out.name}-coco"))
+        print(f"wrote its COCO copy {copy['out']} (annotations/instances_<split>.json, <split>/<id>.jpg): {copy['splits']}")
 
 
 def _cmd_proposals(args: argparse.Namespace) -> None:
@@ -32,6 +38,8 @@ def _cmd_proposals(args: argparse.Namespace) -> None:
     from boxsup.proposals.generate import build_store
     from boxsup.proposals.store import ProposalStore
 
+    if args.data is None or args.out is None:  # not argparse-required: `proposals import` takes its own
+        raise BoxSupError("proposals: give --data ROOT and --out STORE (or `boxsup proposals import --format mcg ...`)")
     classes = resolve_classes({"data": {"classes": args.classes, "root": args.data}})
     dataset = VOCDataset(args.data, args.split, classes)
     report = build_store(dataset, ProposalStore(args.out), args.method, args.max_candidates, args.seed)
@@ -39,6 +47,34 @@ def _cmd_proposals(args: argparse.Namespace) -> None:
     print(f"{args.out}: {report.made} made, {report.reused} already there, skipped: {skipped}")
     if dataset.skips.counts:
         print("annotation problems: " + ", ".join(f"{n} x {why}" for why, n in dataset.skips.counts.items()))
+
+
+def _cmd_proposals_import(args: argparse.Namespace) -> None:
+    from boxsup.config import DEFAULTS, load_config, resolve_classes
+    from boxsup.data.sources import build_training_set
+    from boxsup.data.voc import VOCDataset
+    from boxsup.proposals.mcg import import_mcg
+    from boxsup.proposals.store import ProposalStore
+
+    if args.config:
+        if args.split is not None or args.classes is not None:
+            raise BoxSupError("proposals import: --split and --classes go with --data; with --config use --set")
+        cfg = load_config(args.config, args.set)
+        dataset = build_training_set(cfg)
+        default_cap = cfg["proposals"]["max_candidates"]
+    else:
+        if args.set:
+            raise BoxSupError("proposals import: --set goes with --config; with --data use --split and --classes")
+        classes = resolve_classes({"data": {"classes": args.classes or "auto", "root": args.data}})
+        dataset = VOCDataset(args.data, args.split or "train", classes)
+        default_cap = DEFAULTS["proposals"]["max_candidates"]
+    cap = default_cap if args.max_candidates is None else args.max_candidates
+    report = import_mcg(dataset, args.mat_dir, ProposalStore(args.out), cap)
+    skipped = ", ".join(f"{n} {why} (e.g. {report.examples.get(why, '-')})" for why, n in report.skipped.items()) or "none"
+    print(f"{args.out}: {report.made} imported, {report.reused} already there, skipped: {skipped}")
+    if report.left_out:
+        print(f"{report.left_out} images have no pool: a run with proposals.method mcg leaves them out of every "
+              "label update (counted); add their .mat files and import again to use them")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -93,7 +129,24 @@ def _cmd_runs(args: argparse.Namespace) -> None:
     print(runs_report(args.tracking_uri, args.experiment))
 
 
+def _cmd_data_check(args: argparse.Namespace) -> None:
+    from boxsup.config import load_config
+    from boxsup.data.check import check_source, format_report
+    from boxsup.data.sources import build_datasets
+
+    cfg = load_config(args.config, args.set)
+    train, val = build_datasets(cfg)
+    reports = [check_source(source, "train", args.decode) for source in train.sources]
+    reports.append(check_source(val, "val", args.decode))
+    print(format_report(reports, train.classes))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
+    if args.extra_boxes:
+        from boxsup.demo_extra_boxes import run_extra_boxes_demo
+
+        run_extra_boxes_demo(args.config, Path(args.data), args.set)
+        return
     from boxsup.demo import run_demo
 
     run_demo(args.config, Path(args.data), args.set)
@@ -116,18 +169,41 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--images", type=int, default=240)
     synth.add_argument("--size", type=int, default=128)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--format", choices=("voc", "coco"), default="voc",
+                       help="voc: the VOC layout in --out; coco: that too, plus a COCO copy of it in <out>-coco "
+                            "(annotations/instances_{train,val}.json, {train,val}/<id>.jpg)")
     synth.set_defaults(func=_cmd_synth)
+    check = data.add_parser("check", help="images, boxes and masks per class and source of a config, and every problem")
+    check.add_argument("--config", required=True)
+    _add_set(check, "override config keys")
+    check.add_argument("--decode", action="store_true", help="also decode every image and mask (slower)")
+    check.set_defaults(func=_cmd_data_check)
 
-    prop = sub.add_parser("proposals", help="fill a proposal store for a dataset split")
-    prop.add_argument("--data", required=True, help="dataset root (VOC layout)")
+    prop = sub.add_parser("proposals", help="fill a proposal store for a dataset split (or import MCG files)",
+                          description="`boxsup proposals --data ROOT --out STORE` computes proposals; "
+                                      "`boxsup proposals import --format mcg ...` imports published MCG files")
+    prop.add_argument("--data", help="dataset root (VOC layout); required")
     prop.add_argument("--split", default="train")
     prop.add_argument("--method", choices=("ss", "grabcut", "rectangles"), default="ss")
-    prop.add_argument("--out", required=True, help="store directory")
+    prop.add_argument("--out", help="store directory; required")
     prop.add_argument("--classes", default="auto",
                       help="auto (<data>/classes.txt if present, else the VOC classes), voc, or a file of names")
     prop.add_argument("--max-candidates", type=int, default=2000)
     prop.add_argument("--seed", type=int, default=0)
     prop.set_defaults(func=_cmd_proposals)
+    prop_sub = prop.add_subparsers(dest="proposals_command", metavar="import")  # optional: plain `proposals` computes
+    imp = prop_sub.add_parser("import", help="turn published proposal files (MCG .mat) into a proposal store")
+    imp.add_argument("--format", choices=("mcg",), required=True)
+    imp.add_argument("--mat-dir", required=True, help="folder of <image id>.mat files")
+    given = imp.add_mutually_exclusive_group(required=True)
+    given.add_argument("--config", help="run config (YAML): its training set and proposals.max_candidates")
+    given.add_argument("--data", help="dataset root (VOC layout)")
+    _add_set(imp, "override config keys (with --config)")
+    imp.add_argument("--split", help="with --data (default train)")
+    imp.add_argument("--classes", help="with --data: auto (default), voc, or a file of names")
+    imp.add_argument("--out", required=True, help="store directory (then set proposals.store to it)")
+    imp.add_argument("--max-candidates", type=int, help="default: the config's proposals.max_candidates (2000)")
+    imp.set_defaults(func=_cmd_proposals_import)
 
     train = sub.add_parser("train", help="train one model (one MLflow run)")
     train.add_argument("--config", help="run config (YAML)")
@@ -159,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default="configs/demo.yaml")
     demo.add_argument("--data", default="demo_data")
     _add_set(demo, "override config keys of every variant")
+    demo.add_argument("--extra-boxes", action="store_true",
+                      help="instead: masks on 1/6 of the images vs the same + COCO-format boxes on the rest")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
