@@ -97,7 +97,7 @@ def test_apply_trial_sets_and_validates():
     ("params: {assign.k: {randint: [1.5, 4]}}", "params.assign.k: randint needs [low, high] (integers)"),
     ("params: {assign.k: {grid: [0, 5]}}", "config key assign.k: must be > 0, got 0"),
     ("params: {assign.k: {choice: [1, five]}}", "config key assign.k: expected int, got 'five'"),
-    ("params: {proposals.method: {grid: [ss, mcg]}}", "config key proposals.method: 'mcg' is not one of"),
+    ("params: {proposals.method: {grid: [ss, mcgg]}}", "config key proposals.method: 'mcgg' is not one of"),
     ("params: {assign.k: {uniform: [1, 10]}}", "config key assign.k: expected int, got 1.0"),  # uniform gives floats
     ("params: {assign.k: {randint: [0, 5]}}", "config key assign.k: must be > 0, got 0"),
     ("params: {train.lr: {uniform: [-1, 1]}}", "config key train.lr: must be > 0"),
