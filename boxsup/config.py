@@ -71,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 5e-4,
         "device": "auto",  # auto | cpu | cuda
         "num_threads": 0,  # torch CPU threads; 0 keeps torch's default
-        "loader_workers": 0,
+        "loader_workers": None,  # DataLoader processes per Train worker; null: 4 on a GPU, 0 (in-process) on CPU
         "amp": True,  # mixed precision on CUDA (ignored on CPU)
     },
     "eval": {
@@ -93,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "output": {
         "dir": "runs",
+        "keep_label_rounds": None,  # label rounds kept: null: the last + the figures' rounds; N: the last N + those; all
     },
 }
 
@@ -118,6 +119,8 @@ NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "tracking.run_name": (str,),
     "tracking.uri": (str,),
     "ray.address": (str,),
+    "train.loader_workers": (int,),
+    "output.keep_label_rounds": (int, str),
 }
 
 
@@ -242,6 +245,12 @@ def _classes_problem(spec: str | list[str]) -> str | None:
     return f"class {twice!r} is listed twice" if twice is not None else None
 
 
+def _keep_rounds_problem(value: int | str | None) -> str | None:
+    if value is None or value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return None
+    return f"expected null, a number of rounds >= 1, or all; got {value!r}"
+
+
 def _empty_list_problem(values: list[float]) -> str | None:
     return "needs at least one value" if not values else None
 
@@ -251,6 +260,7 @@ VALUE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "tracking.uri": _tracking_uri_problem,
     "data.classes": _classes_problem,
     "eval.scales": _empty_list_problem,
+    "output.keep_label_rounds": _keep_rounds_problem,
 }
 
 

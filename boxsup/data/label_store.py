@@ -14,7 +14,7 @@ from PIL import Image
 
 from boxsup.data.voc import voc_palette
 from boxsup.errors import BoxSupError
-from boxsup.utils.storage import open_location
+from boxsup.utils.storage import join, open_location
 
 
 def _key(round_index: int, image_id: str) -> str:
@@ -53,3 +53,7 @@ class LabelStore:
 
     def has(self, round_index: int, image_id: str) -> bool:
         return self.location.exists(_key(round_index, image_id))
+
+    def remove_round(self, round_index: int) -> None:
+        """Delete every label map of one round (the policy in ``boxsup.trainers.label_rounds`` says when)."""
+        open_location(join(str(self.root), f"round_{round_index:03d}")).remove_all()

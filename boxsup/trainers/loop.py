@@ -48,8 +48,9 @@ from boxsup.trainers.artifacts import publish
 from boxsup.trainers.epoch import pixel_costs, train_one_epoch
 from boxsup.trainers.faults import Fault, kill
 from boxsup.trainers.job import MetricsSink, TrainingJob, WorkerContext
+from boxsup.trainers.label_rounds import figure_rounds, planned_rounds, rounds_to_delete
 from boxsup.trainers.weight_average import WeightAverage
-from boxsup.trainers.training_set import TrainingSet
+from boxsup.trainers.training_set import TrainingSet, loader_workers
 from boxsup.utils.storage import open_location
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def final_artifacts(job: TrainingJob, logger: MetricsSink, model, confusion: Con
         confusion_figure(confusion.matrix, names, local / "confusion_matrix.png")
         publish(local / "confusion_matrix.png", run_dir, logger, "figures")
         if rounds:
-            chosen = sorted({rounds[0], rounds[len(rounds) // 2], rounds[-1]})
+            chosen = figure_rounds(planned_rounds(job.config))  # kept by the retention policy
             rows = label_evolution_rows(annotations, dataset, LabelStore(job.label_store), chosen)
             if rows:
                 label_evolution_figure(rows, local / "label_evolution.png")
@@ -249,6 +250,7 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
     fault: Fault | None = job.fault
     labels = LabelStore(job.label_store)
     training_set = TrainingSet(train_data, annotations, labels, cfg["data"]["crop_size"], seed)
+    workers = loader_workers(t["loader_workers"], ctx.device)
     rounds = labels.rounds(up_to=label_round_index) if state is not None else []
     confusion = None
 
@@ -275,7 +277,8 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
         sampler = DistributedSampler(training_set, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
         loader = DataLoader(training_set, batch_size=max(1, t["batch_size"] // ctx.world), sampler=sampler,
-                            num_workers=t["loader_workers"], pin_memory=ctx.device.type == "cuda")
+                            num_workers=workers, pin_memory=ctx.device.type == "cuda",
+                            prefetch_factor=4 if workers else None)
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         killed = fault is not None and ctx.rank == ctx.world - 1 and fault.fires("kill-worker", epoch)
@@ -298,6 +301,9 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
             ordered = {k: metrics[k] for k in first if k in metrics} | metrics
             ctx.report({k: v for k, v in ordered.items() if v is not None} | {"epoch": epoch},
                        Path(tmp) if ctx.rank == 0 else None)
+        if ctx.rank == 0:  # the checkpoint now saved reads round label_round_index: older ones may go
+            for old_round in rounds_to_delete(cfg, labels.rounds(up_to=epoch), label_round_index):
+                labels.remove_round(old_round)
         if logger is not None and epoch not in logged:  # a re-run epoch has the same values: log them once
             logger.log_metrics(metrics, step=epoch)
             log.info("epoch %d: loss %.4f%s", epoch, loss,

@@ -12,6 +12,17 @@ from boxsup.data.dataset import SegmentationDataset
 from boxsup.models import normalize_image
 
 
+GPU_LOADER_WORKERS = 4  # decoding and cropping beside each GPU worker keeps it busy at VOC size
+
+
+def loader_workers(setting: int | None, device: torch.device) -> int:
+    """``train.loader_workers``, or when null: ``GPU_LOADER_WORKERS`` processes on a GPU, none on CPU (where
+    the cores are the Train workers' own and extra processes would only compete with them)."""
+    if setting is not None:
+        return setting
+    return GPU_LOADER_WORKERS if device.type == "cuda" else 0
+
+
 def random_crop_flip(
     image: np.ndarray, target: np.ndarray, size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
