@@ -99,7 +99,8 @@ def main() -> None:
         means = np.random.default_rng(i).random((boxed.pool.n_atoms, len(boxed.loss_labels))).astype(np.float16)
 
         def update(form: BoxedPool) -> np.ndarray:
-            return assign_labels(form, form.sums_from_means(means), 3.0, 5, image_rng(0, 1, str(i)), 1.0, "iou", 0.1).label_map
+            sums = form.sums_from_means(means)
+            return assign_labels(form, sums, 3.0, 5, image_rng(0, 1, str(i)), 1.0, "iou", 0.1).label_map
 
         assert np.array_equal(update(boxed), update(csr))
         build_before = cpu_ms(lambda: (pool.refined_by_boxes(boxes), overlap_cost(pool, boxes)))
@@ -122,7 +123,8 @@ def main() -> None:
     print(f"| **total** (after: `BoxedPool.nbytes`) | **{statistics.mean(totals_before):.0f}** "
           f"(max {max(totals_before):.0f}) | **{statistics.mean(totals_after):.0f}** (max {max(totals_after):.0f}) |")
     print("\n| one core, CPU ms / image (mean) | before | after |\n|---|---|---|")
-    print(f"| build the cached pool (refine, E_o; after: + pack) | {mean('build before'):.1f} | {mean('build after'):.1f} |")
+    print(f"| build the cached pool (refine, E_o; after: + pack) | {mean('build before'):.1f} | "
+          f"{mean('build after'):.1f} |")
     print(f"| label update from per-atom means (costs, sampling, paint) | {mean('update before'):.1f} | "
           f"{mean('update after'):.1f} |")
     print("\nlabel maps identical with either form for every image")

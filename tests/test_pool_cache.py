@@ -252,13 +252,15 @@ def test_cache_mb_is_validated_and_reaches_the_actors():
         load_config(None, ["data.root=/data", "assign.cache_mb=-1"])
     with pytest.raises(BoxSupError, match=r"assign.cache_mb: expected a finite float"):
         load_config(None, ["data.root=/data", "assign.cache_mb=lots"])
-    assert AssignmentSpec({}, (), "p", "l", 3.0, 5, 0).cache_mb * MB == BoxedPoolCache(None).max_bytes  # type: ignore[arg-type]
+    default_spec = AssignmentSpec({}, (), "p", "l", 3.0, 5, 0)
+    assert default_spec.cache_mb * MB == BoxedPoolCache(None).max_bytes  # type: ignore[arg-type]
 
 
 def test_the_retired_cache_images_key_is_refused_in_one_line(tmp_path):
     for call in (lambda: load_config(None, ["data.root=/data", "assign.cache_images=4096"]),
                  lambda: load_config(write(tmp_path / "c.yaml", "data: {root: /d}\nassign: {cache_images: 10}\n")),
-                 lambda: load_search_space(write(tmp_path / "s.yaml", "params: {assign.cache_images: {grid: [1, 2]}}\n"))):
+                 lambda: load_search_space(write(tmp_path / "s.yaml",
+                                                 "params: {assign.cache_images: {grid: [1, 2]}}\n"))):
         with pytest.raises(BoxSupError, match=r"assign.cache_images was removed: replaced by assign.cache_mb") as err:
             call()
         assert "\n" not in str(err.value)

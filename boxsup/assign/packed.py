@@ -35,7 +35,10 @@ OBJECT_OVERHEAD = 512  # bytes of the Python objects around the arrays, per pool
 
 def _index_dtype(largest: int) -> type:
     """The smallest unsigned type holding 0..largest (uint16 for VOC-sized pools)."""
-    return np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32 if largest <= np.iinfo(np.uint32).max else np.int64
+    for dtype in (np.uint16, np.uint32):
+        if largest <= np.iinfo(dtype).max:
+            return dtype
+    return np.int64
 
 
 def _arrays_nbytes(obj: object) -> int:
@@ -97,8 +100,8 @@ class PackedPool:
         rest = np.sort(np.asarray(rest, dtype=np.int64))
         rest_lengths = np.diff(membership.indptr)[rest]
         rest_indptr = np.concatenate([[0], np.cumsum(rest_lengths)]).astype(np.int64)
-        rest_indices = np.concatenate([membership.indices[membership.indptr[r]:membership.indptr[r + 1]] for r in rest]) \
-            if len(rest) else np.zeros(0, np.int64)
+        rest_parts = [membership.indices[membership.indptr[r]:membership.indptr[r + 1]] for r in rest]
+        rest_indices = np.concatenate(rest_parts) if rest_parts else np.zeros(0, np.int64)
         packed_nests = [Nest(rows.astype(row_type), order.astype(atom_type), start.astype(_index_dtype(pool.n_atoms)),
                              stop.astype(_index_dtype(pool.n_atoms))) for rows, order, start, stop in nests]
         return cls((h, w), pool.n_atoms, pool.n_candidates, run_atoms, run_lengths,
