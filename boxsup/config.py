@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "ema": 0.0,  # the network scoring candidates: EMA of the weights over epochs with this decay (0: the last)
         "num_actors": 2,  # Ray actors sharing the label update (each owns a shard of the proposal store)
         "actor_cpus": 1.0,
-        "cache_images": 4096,  # box-refined candidate pools each actor keeps in memory
+        "cache_mb": 2048.0,  # MiB of box-refined candidate pools each actor keeps (least recently used dropped)
     },
     "model": {
         "backbone": "vgg16_largefov",  # vgg16_largefov | small
@@ -150,13 +150,14 @@ FRACTION = Range(0, 1)
 
 # Numeric keys (and every value of a list key) must lie in these ranges.
 BOUNDS: dict[str, Range] = {
-    **dict.fromkeys(("assign.num_actors", "assign.actor_cpus", "assign.cache_images", "ray.cpus_per_worker",
+    **dict.fromkeys(("assign.num_actors", "assign.actor_cpus", "ray.cpus_per_worker",
                      "assign.warmup_epochs", "train.epochs", "train.batch_size", "train.lr", "train.lr_step",
                      "assign.k", "data.crop_size", "proposals.max_candidates", "eval.every", "eval.scales"), POSITIVE),
     **dict.fromkeys(("seed", "assign.lam", "train.weight_decay", "train.num_threads", "train.loader_workers",
                      "ray.num_workers", "ray.max_failures"), NON_NEGATIVE),
     "train.momentum": Range(0, 1, high_open=True),
     "assign.ema": Range(0, 1, high_open=True),
+    "assign.cache_mb": NON_NEGATIVE,
     "assign.trust_margin": FRACTION,
     "assign.lam_ramp": NON_NEGATIVE,
     "assign.sample_margin": NON_NEGATIVE,
@@ -164,6 +165,18 @@ BOUNDS: dict[str, Range] = {
     "data.mask_fraction": FRACTION,
     "data.audit_fraction": FRACTION,
 }  # fmt: skip
+
+# Keys that no longer exist: setting one is an error that says what replaced it, never silently ignored.
+RETIRED_KEYS = {
+    "assign.cache_images": "replaced by assign.cache_mb (the pool cache is bounded in MiB, not in images; "
+                           "a VOC-sized pool takes about 0.2-0.3 MiB)",
+}
+
+
+def retired_key_problem(key: str) -> str | None:
+    """Why ``key`` can no longer be set, or None."""
+    return f"config key {key} was removed: {RETIRED_KEYS[key]}" if key in RETIRED_KEYS else None
+
 
 # MLflow tracking stores by URI scheme; a database scheme may name its driver (postgresql+psycopg2://).
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "databricks", "postgresql", "mysql", "mssql")
@@ -292,6 +305,8 @@ def set_key(cfg: dict[str, Any], dotted: str, value: Any, source: str) -> None:
             cfg[section][name] = {}
         cfg[section][name][dotted[len(parent) + 1:]] = value
         return
+    if (retired := retired_key_problem(dotted)) is not None:
+        raise BoxSupError(f"{source}: {retired}")
     if dotted not in defaults:
         close = [k for k in defaults if k.split(".")[-1] == dotted.split(".")[-1]]
         hint = f" (did you mean {close[0]}?)" if close else ""

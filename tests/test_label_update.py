@@ -57,6 +57,7 @@ def test_round_labels_skips_and_seed(tmp_path):
     assert summary.labelled == ["i0", "i1"]
     assert summary.skipped == {"empty candidate pool": 1, "no box": 1}
     assert summary.boxes == 2 and 0 < summary.metrics()["pseudo_miou"] <= 1
+    assert 0 < summary.metrics()["assign_cache_mb"] < 1  # the two pools the actor cached
     for label_map in maps.values():
         assert set(np.unique(label_map)) <= {0, 1}
         assert not label_map[:, 12:].any() and not label_map[14:].any()  # nothing outside the box

@@ -45,7 +45,7 @@ def run_pool(pool, dataset, sums, on_result=None):
 
 def test_label_maps_do_not_depend_on_the_number_of_actors(ray_session, labelled_setup, tmp_path):
     root, dataset, store, sums = labelled_setup
-    maps = {}
+    maps, cache_mb = {}, {}
     for name, make in {
         "local": lambda s: LocalAssignmentPool(s),
         "1 actor": lambda s: AssignmentPool(s, 1, "t-one"),
@@ -54,6 +54,7 @@ def test_label_maps_do_not_depend_on_the_number_of_actors(ray_session, labelled_
         spec = spec_for(root, store, tmp_path / name)
         pool = make(spec)
         results = run_pool(pool, dataset, sums)
+        cache_mb[name] = pool.cache_mb()  # every pool cached once, whichever actor holds it
         pool.kill()
         assert sorted(r.image_id for r in results) == sorted(dataset.ids)
         store_ = LabelStore(spec.label_store)
@@ -62,6 +63,7 @@ def test_label_maps_do_not_depend_on_the_number_of_actors(ray_session, labelled_
         np.testing.assert_array_equal(maps["1 actor"][image_id], maps["3 actors"][image_id])
         np.testing.assert_array_equal(maps["local"][image_id], maps["3 actors"][image_id])
     assert any(m.any() for m in maps["local"].values())
+    assert cache_mb["local"] > 0 and cache_mb["1 actor"] == pytest.approx(cache_mb["local"]) == cache_mb["3 actors"]
 
 
 def test_a_killed_actor_is_replaced_and_its_images_redone(ray_session, labelled_setup, tmp_path):

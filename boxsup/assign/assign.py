@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from boxsup.assign.costs import atom_loss_sums, overlap_cost, region_cost, soft_iou_cost
+from boxsup.assign.packed import ARRAY_OVERHEAD, PackedPool
 from boxsup.assign.paint import paint_labels
 from boxsup.assign.sampling import sample_lowest_k
 from boxsup.data.annotations import BACKGROUND
@@ -19,13 +20,13 @@ class EmptyPoolError(ValueError):
 
 @dataclass
 class BoxedPool:
-    """A candidate pool whose atoms are split by the image's GT boxes.
+    """A candidate pool whose atoms are split by the image's GT boxes, packed for caching (``PackedPool``).
 
     ``loss_labels`` lists the labels whose per-pixel losses the network must supply, background
     first: ``loss_sums[:, j]`` sums e(p, loss_labels[j]) over each atom.
     """
 
-    pool: CandidatePool
+    pool: PackedPool
     inside: np.ndarray  # (A, B) bool
     boxes: np.ndarray  # (B, 4)
     labels: np.ndarray  # (B,)
@@ -38,7 +39,14 @@ class BoxedPool:
             raise EmptyPoolError("empty candidate pool")
         refined, inside = pool.refined_by_boxes(boxes)
         boxes = np.asarray(boxes).reshape(-1, 4)
-        return cls(refined, inside, boxes, np.asarray(labels), loss_labels_for(labels), overlap_cost(pool, boxes))
+        return cls(PackedPool.from_pool(refined), inside, boxes, np.asarray(labels), loss_labels_for(labels),
+                   overlap_cost(pool, boxes))
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this pool holds (what ``BoxedPoolCache`` counts against its budget)."""
+        arrays = (self.inside, self.boxes, self.labels, self.loss_labels, self.overlap)
+        return self.pool.nbytes + sum(a.nbytes + ARRAY_OVERHEAD for a in arrays)
 
     def sums_from_means(self, atom_means: np.ndarray) -> np.ndarray:
         """Undo ``atom_mean_costs``: per-atom sums (A, K) from the means a worker sent."""
@@ -137,4 +145,4 @@ def assign_labels(
         costs = np.where(costs <= costs.min(axis=0, keepdims=True) + sample_margin, costs, np.inf)
     chosen = sample_lowest_k(costs, k, rng)
     atom_labels = paint_labels(boxed.pool, boxed.inside, chosen, boxed.labels)
-    return Assignment(atom_labels[boxed.pool.atoms], atom_labels, chosen, costs[chosen, np.arange(len(chosen))])
+    return Assignment(boxed.pool.expand(atom_labels), atom_labels, chosen, costs[chosen, np.arange(len(chosen))])

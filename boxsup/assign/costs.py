@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from boxsup.assign.packed import PackedPool
 from boxsup.proposals.pool import CandidatePool
 
 
@@ -86,7 +87,7 @@ def atom_loss_sums(losses: np.ndarray, atoms: np.ndarray, n_atoms: int) -> np.nd
 
 
 def region_cost(
-    pool: CandidatePool,
+    pool: CandidatePool | PackedPool,
     inside: np.ndarray,
     loss_sums: np.ndarray,
     box_columns: np.ndarray,
@@ -114,7 +115,7 @@ def region_cost(
 
 
 def soft_iou_cost(
-    pool: CandidatePool,
+    pool: CandidatePool | PackedPool,
     inside: np.ndarray,
     loss_sums: np.ndarray,
     box_columns: np.ndarray,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from boxsup.data.annotations import BACKGROUND
+from boxsup.assign.packed import PackedPool
 from boxsup.proposals.pool import CandidatePool
 
 
 def paint_labels(
-    pool: CandidatePool, inside: np.ndarray, chosen: np.ndarray, labels: np.ndarray
+    pool: CandidatePool | PackedPool, inside: np.ndarray, chosen: np.ndarray, labels: np.ndarray
 ) -> np.ndarray:
     """The label of every atom (A,) uint8: each box's chosen candidate, clipped to the box, gets the box label.
 
@@ -17,11 +18,10 @@ def paint_labels(
     Every other pixel is background. Where chosen segments overlap the smaller one stays on top
     (painted last), so a small object in front of a large one is not swallowed.
     """
-    membership = pool.membership
     atom_labels = np.full(pool.n_atoms, BACKGROUND, dtype=np.uint8)
     segments = []
     for b, c in enumerate(chosen):
-        atoms = membership.indices[membership.indptr[c] : membership.indptr[c + 1]]
+        atoms = pool.candidate_atoms(int(c))
         segments.append(atoms[inside[atoms, b]])
     areas = pool.atom_areas()
     sizes = [areas[s].sum() for s in segments]

@@ -31,7 +31,7 @@ from boxsup.data.label_store import LabelStore
 from boxsup.data.sources import build_training_set
 from boxsup.errors import BoxSupError
 from boxsup.proposals.store import ProposalStore
-from boxsup.assign.cache import BoxedPoolCache
+from boxsup.assign.cache import MB, BoxedPoolCache
 from boxsup.assign.diagnostics import ChoiceDiagnostics, diagnose
 from boxsup.trainers.faults import Fault, kill
 
@@ -64,7 +64,7 @@ class AssignmentSpec:
     lam: float
     k: int
     seed: int
-    cache_images: int = 4096
+    cache_mb: float = 2048.0  # MiB of box-refined pools this actor keeps (least recently used dropped)
     trust_margin: float = 1.0  # candidates within this E_o of the box's best are eligible (1: all)
     lam_ramp: int = 0  # rounds over which lambda grows from the first network round (0: at once)
     first_network_round: int = 1
@@ -79,11 +79,15 @@ class Assigner:
     def __init__(self, spec: AssignmentSpec):
         self.spec = spec
         self.dataset = build_training_set({"data": spec.data}, spec.classes)
-        self.pools = BoxedPoolCache(ProposalStore(spec.proposal_store), spec.cache_images)
+        self.pools = BoxedPoolCache(ProposalStore(spec.proposal_store), int(spec.cache_mb * MB))
         self.labels = LabelStore(spec.label_store)
         self._annotations: dict[str, ImageAnnotation] = {}
         self._gt_histograms: dict[str, sp.csr_matrix] = {}
         self._assigned: Counter = Counter()  # images labelled per round (for the kill-actor fault)
+
+    def cache_mb(self) -> float:
+        """MiB held by this assigner's pool cache."""
+        return self.pools.nbytes / MB
 
     def annotation(self, image_id: str) -> ImageAnnotation:
         if image_id not in self._annotations:
@@ -222,6 +226,16 @@ class AssignmentPool:
                 on_result(result)
         return results
 
+    def cache_mb(self) -> float:
+        """MiB the actors' pool caches hold, summed (an actor that died in between counts 0)."""
+        total = 0.0
+        for ref in [actor.cache_mb.remote() for actor in self.actors]:
+            try:
+                total += ray.get(ref)
+            except RayActorError:
+                pass
+        return total
+
     def kill(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
@@ -246,6 +260,9 @@ class LocalAssignmentPool:
             if on_result is not None:
                 on_result(result)
         return results
+
+    def cache_mb(self) -> float:
+        return self.assigner.cache_mb()
 
     def kill(self) -> None:
         pass

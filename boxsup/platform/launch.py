@@ -223,7 +223,7 @@ def train(
     fault = fault_from_env(str(run_dir))
     a, rule = cfg["assign"], label_update_settings(cfg)
     spec = AssignmentSpec(cfg["data"], classes, str(store.root),
-                          join(run_dir, "labels"), a["lam"], a["k"], cfg["seed"], cache_images=a["cache_images"],
+                          join(run_dir, "labels"), a["lam"], a["k"], cfg["seed"], cache_mb=a["cache_mb"],
                           trust_margin=rule["trust_margin"], lam_ramp=rule["lam_ramp"],
                           first_network_round=a["warmup_epochs"], region_cost=rule["region_cost"],
                           sample_margin=float("inf") if rule["sample_margin"] is None else rule["sample_margin"],

@@ -30,7 +30,7 @@ from typing import Any
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from boxsup.config import DEFAULTS, flatten, read_yaml_mapping, set_key
+from boxsup.config import DEFAULTS, flatten, read_yaml_mapping, retired_key_problem, set_key
 from boxsup.errors import BoxSupError
 
 METRIC, MODE, TIME_ATTR = "val_miou", "max", "epoch"  # what the training loop reports each epoch
@@ -96,6 +96,8 @@ def _params(source: str, spec: Any) -> dict[str, Any]:
     for key in spec:
         if isinstance(DEFAULTS.get(key), dict):
             raise BoxSupError(f"{source}: params: {key!r} is a config section; name dotted keys, e.g. {next(iter(flatten(DEFAULTS[key], f'{key}.')))}")
+        if (retired := retired_key_problem(str(key))) is not None:
+            raise BoxSupError(f"{source}: params: {retired}")
         if key not in keys:
             raise BoxSupError(f"{source}: params: unknown config key {key!r}{_hint(str(key), keys)}")
     return {key: _distribution(source, key, dist) for key, dist in spec.items()}

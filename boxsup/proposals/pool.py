@@ -93,6 +93,14 @@ class CandidatePool:
         out[nonempty, 3] = np.maximum.reduceat(member_boxes[:, 3], starts)
         return out
 
+    def candidate_atoms(self, index: int) -> np.ndarray:
+        """The atom ids of one candidate."""
+        return self.membership.indices[self.membership.indptr[index] : self.membership.indptr[index + 1]]
+
+    def expand(self, atom_values: np.ndarray) -> np.ndarray:
+        """A full map (H, W) from one value per atom."""
+        return atom_values[self.atoms]
+
     def mask(self, index: int) -> np.ndarray:
         """Full-resolution boolean mask of one candidate (for pictures and tests, not hot paths)."""
         member = np.zeros(self.n_atoms, dtype=bool)

@@ -56,6 +56,8 @@ class LabelPool(Protocol):
 
     def collect(self) -> list[Any]: ...
 
+    def cache_mb(self) -> float: ...
+
 
 @dataclass
 class TrainingJob:

@@ -67,6 +67,7 @@ class RoundSummary:
     confusions: dict[str, np.ndarray]  # "chosen" (the labels), "eo_best", "oracle": vs the audit images' masks
     diagnostics: ChoiceDiagnostics
     seconds: float
+    cache_mb: float | None = None  # MiB the actors' pool caches hold after the round (rank 0 only)
 
     def metrics(self) -> dict[str, float | None]:
         """``pseudo_miou`` (the round's labels), ``pseudo_miou_eo_best`` / ``_oracle`` (the box's or the
@@ -78,7 +79,8 @@ class RoundSummary:
             out["pseudo_miou" if name == "chosen" else f"pseudo_miou_{name}"] = confusion.compute().miou if matrix.sum() else None
         return out | self.diagnostics.metrics() | {
             "mean_chosen_cost": self.chosen_cost_sum / max(self.boxes, 1),
-            "skipped_images": float(sum(self.skipped.values())), "label_update_seconds": self.seconds}
+            "skipped_images": float(sum(self.skipped.values())), "label_update_seconds": self.seconds,
+            "assign_cache_mb": self.cache_mb}
 
 
 CONFUSIONS = ("chosen", "eo_best", "oracle")
@@ -130,6 +132,7 @@ def label_round(
                 sums = atom_mean_costs(costs, atoms, ann.labels_array())
         pool.submit(round_index, ann.image_id, sums, previous_round)
     summary, outcomes = summarize_round(ctx, pool.collect(), dataset.num_classes, started)
+    summary.cache_mb = pool.cache_mb() if ctx.rank == 0 else None
     for image_id, why in outcomes:
         if why is not None and ctx.rank == 0:
             log.warning("%s: %s; skipped in round %d", image_id, why, round_index)
