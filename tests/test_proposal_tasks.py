@@ -1,7 +1,10 @@
 """Proposals as Ray tasks: the very files of the in-process build, resumable, failures counted."""
 
+import copy
+
 import pytest
 
+from boxsup.config import DEFAULTS
 from boxsup.data.sources import build_training_set
 from boxsup.data.synth import DEMO_CLASSES, generate_dataset
 from boxsup.errors import BoxSupError
@@ -83,3 +86,31 @@ def test_a_store_of_another_method_is_refused_before_any_task(ray_session, demo)
     root, _, _ = demo
     with pytest.raises(BoxSupError, match="store holds 'ss' proposals"):
         build_store_on_ray(demo[2], demo[1], ProposalStore(root / "single"), "grabcut", 150, 4, progress=False)
+
+
+def test_cli_builds_on_ray_by_default_and_in_process_with_local(ray_session, demo, tmp_path, capsys):
+    from boxsup.cli import main
+
+    root = demo[0] / "data"
+    common = ["proposals", "--data", str(root), "--method", "rectangles", "--max-candidates", "50"]
+    assert main([*common, "--out", str(tmp_path / "ray"), "--tasks", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "images/s per core" in out and f"{N_TRAIN} made, 0 already there, skipped: none" in out
+    assert main([*common, "--out", str(tmp_path / "local"), "--local"]) == 0
+    assert file_bytes(tmp_path / "ray") == file_bytes(tmp_path / "local")
+    assert main([*common, "--out", str(tmp_path / "x"), "--local", "--tasks", "2"]) == 2
+    assert main([*common, "--out", str(tmp_path / "x"), "--tasks", "0"]) == 2
+    assert "--tasks: needs at least 1 task" in capsys.readouterr().err
+
+
+def test_a_run_on_ray_completes_its_store_with_tasks(ray_session, demo, tmp_path):
+    from boxsup.platform.launch import complete_store
+
+    root, data, dataset = demo
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg.update(data=data, seed=4)
+    cfg["proposals"].update(method="ss", max_candidates=150)
+    cfg["ray"]["num_workers"] = 1
+    complete_store(ProposalStore(tmp_path / "store"), cfg, dataset, progress=False, ids=dataset.ids[:5])
+    single = {k: v for k, v in file_bytes(root / "single").items() if k[:-4] in dataset.ids[:5] or k == "meta.json"}
+    assert file_bytes(tmp_path / "store") == single

@@ -42,9 +42,11 @@ def init_ray(cfg: dict[str, Any], min_cpus: float = 0.0) -> None:
 
 
 def start_ray(address: str | None, min_cpus: float = 0.0) -> None:
-    """Join the cluster at ``address``, or start a local Ray with every core (at least ``min_cpus`` logical CPUs)."""
+    """Join the cluster at ``address`` (else ``RAY_ADDRESS``), or start a local Ray with every core
+    (at least ``min_cpus`` logical CPUs)."""
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
         return
