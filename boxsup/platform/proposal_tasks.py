@@ -51,6 +51,7 @@ class ChunkReport:
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)  # reason -> "image id: message" of one image
     seconds: float = 0.0  # the task's wall time, on the one CPU it holds
+    cpu_seconds: float = 0.0  # the CPU time its process used meanwhile (less than ``seconds`` on a busy machine)
 
     def count(self, reason: str, example: str) -> None:
         self.skipped[reason] += 1
@@ -66,6 +67,7 @@ class ClusterBuildReport(BuildReport):
     tasks: int = 0  # concurrent tasks
     chunks: int = 0
     core_seconds: float = 0.0  # summed wall time of the tasks, each holding one CPU
+    cpu_seconds: float = 0.0  # summed CPU time of the tasks
     wall_seconds: float = 0.0
 
     def add(self, part: ChunkReport) -> None:
@@ -75,6 +77,7 @@ class ClusterBuildReport(BuildReport):
         for reason, example in part.examples.items():
             self.examples.setdefault(reason, example)
         self.core_seconds += part.seconds
+        self.cpu_seconds += part.cpu_seconds
 
     @property
     def processed(self) -> int:
@@ -82,10 +85,12 @@ class ClusterBuildReport(BuildReport):
         return self.made + sum(n for why, n in self.skipped.items() if why != "no candidate")
 
     def throughput_line(self) -> str:
-        per_core = self.processed / self.core_seconds if self.core_seconds else 0.0
-        overall = self.processed / self.wall_seconds if self.wall_seconds else 0.0
+        def rate(seconds: float) -> float:
+            return self.processed / seconds if seconds else 0.0
+
         return (f"{self.processed} images in {self.wall_seconds:.1f} s on {self.tasks} tasks ({self.chunks} chunks): "
-                f"{overall:.2f} images/s, {per_core:.2f} images/s per core ({self.core_seconds:.1f} core-seconds)")
+                f"{rate(self.wall_seconds):.2f} images/s, {rate(self.core_seconds):.2f} images/s per core "
+                f"({self.core_seconds:.1f} core-seconds; {rate(self.cpu_seconds):.2f} images per CPU-second)")
 
 
 _worker_dataset: tuple[str, SegmentationDataset] | None = None  # the last dataset a worker process rebuilt
@@ -103,7 +108,7 @@ def _dataset(data: dict[str, Any], classes: tuple[str, ...]) -> SegmentationData
 def build_chunk(data: dict[str, Any], classes: tuple[str, ...], origin: dict[str, Any], store_root: str,
                 method: str, max_candidates: int, seed: int, ids: list[str], image_retries: int) -> ChunkReport:
     """Make and save the pools of ``ids`` (the body of one task; runs in a Ray worker)."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     dataset = _dataset(data, classes)
     if dataset.origin() != origin:
         raise BoxSupError(f"a Ray worker read the training set as {dataset.origin()}, the driver as {origin}; "
@@ -127,7 +132,7 @@ def build_chunk(data: dict[str, Any], classes: tuple[str, ...], origin: dict[str
             report.count("no candidate", f"{image_id}: no candidate segment produced")
         store.save(image_id, pool)  # a store that cannot be written stops the build (BoxSupError)
         report.made += 1
-    report.seconds = time.perf_counter() - start
+    report.seconds, report.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return report
 
 
