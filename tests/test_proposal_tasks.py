@@ -114,3 +114,14 @@ def test_a_run_on_ray_completes_its_store_with_tasks(ray_session, demo, tmp_path
     complete_store(ProposalStore(tmp_path / "store"), cfg, dataset, progress=False, ids=dataset.ids[:5])
     single = {k: v for k, v in file_bytes(root / "single").items() if k[:-4] in dataset.ids[:5] or k == "meta.json"}
     assert file_bytes(tmp_path / "store") == single
+
+
+def test_a_lost_chunk_is_split_then_its_image_counted_out():
+    from collections import deque
+
+    from boxsup.platform.proposal_tasks import _lost
+
+    queue, crash = deque(), RuntimeError("worker died\nmore")
+    assert _lost(queue, ["a", "b"], crash) is None and list(queue) == [["a"], ["b"]]
+    part = _lost(queue, ["a"], crash)
+    assert dict(part.skipped) == {"task failed (RuntimeError)": 1} and part.examples["task failed (RuntimeError)"] == "a: worker died"
