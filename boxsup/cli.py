@@ -33,20 +33,39 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_proposals(args: argparse.Namespace) -> None:
-    from boxsup.config import resolve_classes
-    from boxsup.data.voc import VOCDataset
+    from boxsup.config import DEFAULTS, resolve_classes
+    from boxsup.data.sources import build_training_set
     from boxsup.proposals.generate import build_store
     from boxsup.proposals.store import ProposalStore
 
     if args.data is None or args.out is None:  # not argparse-required: `proposals import` takes its own
         raise BoxSupError("proposals: give --data ROOT and --out STORE (or `boxsup proposals import --format mcg ...`)")
+    if args.local and (args.tasks is not None or args.address is not None):
+        raise BoxSupError("proposals: --local runs in this process; drop --tasks and --address")
     classes = resolve_classes({"data": {"classes": args.classes, "root": args.data}})
-    dataset = VOCDataset(args.data, args.split, classes)
-    report = build_store(dataset, ProposalStore(args.out), args.method, args.max_candidates, args.seed)
+    data = {**DEFAULTS["data"], "root": str(Path(args.data).resolve()), "train_split": args.split}
+    dataset = build_training_set({"data": data}, classes)  # a bad root or split stops here, before Ray starts
+    store = ProposalStore(args.out)
+    if args.local:
+        report = build_store(dataset, store, args.method, args.max_candidates, args.seed)
+    else:
+        import ray
+
+        from boxsup.platform.proposal_tasks import build_store_on_ray
+        from boxsup.platform.ray_train import start_ray
+
+        started = not ray.is_initialized()
+        start_ray(args.address)
+        try:
+            report = build_store_on_ray(dataset, data, store, args.method, args.max_candidates, args.seed, tasks=args.tasks)
+        finally:
+            if started:
+                ray.shutdown()
+        print(report.throughput_line())
     skipped = ", ".join(f"{n} {why}" for why, n in report.skipped.items()) or "none"
     print(f"{args.out}: {report.made} made, {report.reused} already there, skipped: {skipped}")
-    if dataset.skips.counts:
-        print("annotation problems: " + ", ".join(f"{n} x {why}" for why, n in dataset.skips.counts.items()))
+    if dataset.skip_counts.counts:
+        print("annotation problems: " + ", ".join(f"{n} x {why}" for why, n in dataset.skip_counts.counts.items()))
 
 
 def _cmd_proposals_import(args: argparse.Namespace) -> None:
@@ -190,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="auto (<data>/classes.txt if present, else the VOC classes), voc, or a file of names")
     prop.add_argument("--max-candidates", type=int, default=2000)
     prop.add_argument("--seed", type=int, default=0)
+    prop.add_argument("--tasks", type=int, help="Ray tasks at a time (default: every CPU of the cluster)")
+    prop.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on every core)")
+    prop.add_argument("--local", action="store_true", help="run in this process, without Ray")
     prop.set_defaults(func=_cmd_proposals)
     prop_sub = prop.add_subparsers(dest="proposals_command", metavar="import")  # optional: plain `proposals` computes
     imp = prop_sub.add_parser("import", help="turn published proposal files (MCG .mat) into a proposal store")

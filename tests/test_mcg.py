@@ -242,7 +242,7 @@ def test_cli_import(voc, tmp_path, capsys):
     with pytest.raises(SystemExit):  # --config and --data together
         main(["proposals", "import", "--format", "mcg", "--mat-dir", "m", "--data", "d", "--config", "c", "--out", "o"])
     # the computing form is unchanged
-    assert main(["proposals", "--data", str(root), "--split", "trainval", "--method", "rectangles",
+    assert main(["proposals", "--data", str(root), "--split", "trainval", "--method", "rectangles", "--local",
                  "--out", str(tmp_path / "rect")]) == 0
     assert ProposalStore(tmp_path / "rect").read_meta()["method"] == "rectangles"
     assert main(["proposals", "--out", str(tmp_path / "x")]) == 2

@@ -26,7 +26,8 @@ from boxsup.proposals.generate import build_store, store_meta
 from boxsup.proposals.store import ProposalStore
 from boxsup.platform.assign_pool import AssignmentSpec, LocalAssignmentPool
 from boxsup.platform.context import LocalContext
-from boxsup.platform.ray_train import fit_with_ray
+from boxsup.platform.proposal_tasks import build_store_on_ray
+from boxsup.platform.ray_train import fit_with_ray, init_ray
 from boxsup.platform.guard import driver_guard
 from boxsup.platform.tracking import RunLogger, end_run, reopen_run, start_run, tracking_uri
 from boxsup.trainers.faults import fault_from_env
@@ -84,7 +85,11 @@ IMPORTED_METHODS = ("mcg",)  # proposals imported from published files, never co
 
 def complete_store(store: ProposalStore, cfg: dict[str, Any], dataset: SegmentationDataset, progress: bool,
                    ids: list[str] | None = None) -> ProposalStore:
-    """Build the pools of ``ids`` (default: the whole split) that the already checked ``store`` lacks."""
+    """Build the pools of ``ids`` (default: the whole split) that the already checked ``store`` lacks.
+
+    A run on Ray (``ray.num_workers`` > 0) builds them as Ray tasks over the cluster's CPUs, an
+    in-process run in this process; the files are the same. ``cfg``'s paths must be absolute.
+    """
     wanted = dataset.ids if ids is None else ids
     lacking = set(wanted) - store.stored_ids()
     if lacking:
@@ -97,7 +102,13 @@ def complete_store(store: ProposalStore, cfg: dict[str, Any], dataset: Segmentat
                         "update (counted as skipped)", store.root, len(lacking), len(set(wanted)), method, min(lacking))
             return store
         log.info("building %s proposals into %s", method, store.root)
-        build_store(dataset, store, method, cfg["proposals"]["max_candidates"], cfg["seed"], progress, ids=wanted)
+        if cfg["ray"]["num_workers"] > 0:  # a run on Ray: tasks over every CPU of the cluster
+            init_ray(cfg)
+            report = build_store_on_ray(dataset, cfg["data"], store, method, cfg["proposals"]["max_candidates"],
+                                        cfg["seed"], progress, ids=wanted)
+            log.info("proposals: %s", report.throughput_line())
+        else:
+            build_store(dataset, store, method, cfg["proposals"]["max_candidates"], cfg["seed"], progress, ids=wanted)
     return store
 
 

@@ -38,15 +38,20 @@ def init_ray(cfg: dict[str, Any], min_cpus: float = 0.0) -> None:
     (or ``min_cpus``, e.g. a sweep's concurrent trials), so a 2-core laptop can run 2 workers and
     2 actors: they take turns (label update, then epoch).
     """
+    start_ray(cfg["ray"]["address"], max(run_cpus(cfg), min_cpus))
+
+
+def start_ray(address: str | None, min_cpus: float = 0.0) -> None:
+    """Join the cluster at ``address`` (else ``RAY_ADDRESS``), or start a local Ray with every core
+    (at least ``min_cpus`` logical CPUs)."""
     if ray.is_initialized():
         return
-    address = cfg["ray"]["address"]
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
         return
-    needed = max(run_cpus(cfg), min_cpus)
     driver_guard()  # a killed driver must not leave this Ray's processes running
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)))
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(min_cpus + 0.999)))
 
 
 def ray_train_worker(loop_config: dict[str, TrainingJob]) -> None:

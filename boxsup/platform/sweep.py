@@ -74,7 +74,10 @@ def check_against_config(space: SearchSpace, cfg: dict[str, Any], source: str) -
 
 
 def prebuild_proposals(space: SearchSpace, cfg: dict[str, Any], progress: bool) -> dict[str, str]:
-    """Build every proposal store the sweep's trials can need, once; returns method -> store."""
+    """Build every proposal store the sweep's trials can need, once; returns method -> store.
+
+    As Ray tasks when the runs use Ray (``ray.num_workers`` > 0), else in this process.
+    """
     if set(possible_values(space, "data.supervision", cfg)) == {"mask"}:
         return {}
     dataset = build_training_set(cfg)
@@ -172,10 +175,10 @@ def run_sweep(space_path: str | Path, cfg: dict[str, Any], experiment: str | Non
     check_against_config(space, cfg, str(space_path))
     cfg = absolute_paths(cfg)
     experiment = experiment or default_experiment_name(space_path)
+    per_trial_cpus = space.resources["cpu"] + run_cpus(cfg)
+    init_ray(cfg, min_cpus=space.max_concurrent_trials * per_trial_cpus)  # before the proposals, which may use it
     stores = prebuild_proposals(space, cfg, progress)
     parent_run_id = start_parent_run(cfg, experiment, space_path, space)
-    per_trial_cpus = space.resources["cpu"] + run_cpus(cfg)
-    init_ray(cfg, min_cpus=space.max_concurrent_trials * per_trial_cpus)
     # val_miou comes every eval.every epochs; ASHA skips results without it, Tune's strict check would not
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     sweep_dir = join(cfg["output"]["dir"], "sweeps", experiment)  # trials' run dirs and Tune's state
