@@ -28,6 +28,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from boxsup.assign.assign import atom_mean_costs  # noqa: E402
+from boxsup.config import DEFAULTS  # noqa: E402
 from boxsup.data.annotations import Box  # noqa: E402
 from boxsup.data.synth import DEMO_CLASSES, synth_sample  # noqa: E402
 from boxsup.data.voc import write_split, write_voc_sample  # noqa: E402
@@ -69,7 +70,8 @@ def main() -> None:
         ids.append(image_id)
         candidates.append(pool.n_candidates)
     write_split(f"{work}/data", "train", ids)
-    assigner = Assigner(AssignmentSpec(f"{work}/data", "train", DEMO_CLASSES, str(store.root), f"{work}/labels", 3.0, 5, 0))
+    data = {**DEFAULTS["data"], "root": f"{work}/data", "train_split": "train"}
+    assigner = Assigner(AssignmentSpec(data, DEMO_CLASSES, str(store.root), f"{work}/labels", 3.0, 5, 0))
     rng = np.random.default_rng(0)
     num_classes = len(DEMO_CLASSES) + 1
 
