@@ -178,3 +178,19 @@ def test_the_device_reduction_matches_the_cpu_one(tmp_path):
     split = SplitAtoms.build(store.load_atoms("im0"), anns[0])
     cpu, gpu = split.mean_costs(log_probs), split.mean_costs(log_probs.cuda())
     np.testing.assert_array_equal(cpu, gpu)
+
+
+def test_the_chosen_gt_iou_is_the_full_tables_entry(tmp_path):
+    from boxsup.assign.assign import BoxedPool
+    from boxsup.assign.diagnostics import candidate_gt_iou, chosen_gt_iou
+    from boxsup.platform.assign_pool import Assigner
+
+    ds, anns, store = make_data(tmp_path)
+    assigner = Assigner(spec_for(tmp_path, ds, store, "d"))
+    rng = np.random.default_rng(0)
+    for ann in anns[:5]:
+        boxed = BoxedPool.build(store.load(ann.image_id), ann.boxes_array(), ann.labels_array())
+        hist = assigner.gt_histogram(ann.image_id, boxed.pool.atoms)
+        table = candidate_gt_iou(boxed, hist)
+        chosen = rng.integers(0, boxed.pool.n_candidates, len(ann.boxes))
+        np.testing.assert_array_equal(chosen_gt_iou(boxed, chosen, hist), table[chosen, np.arange(len(chosen))])
