@@ -72,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",  # auto | cpu | cuda
         "num_threads": 0,  # torch CPU threads; 0 keeps torch's default
         "loader_workers": None,  # DataLoader processes per Train worker; null: 4 on a GPU, 0 (in-process) on CPU
+        "label_cache_mb": 1024,  # split atom maps a worker keeps across label rounds (375 KB per VOC image)
         "amp": True,  # mixed precision on CUDA (ignored on CPU)
     },
     "eval": {
@@ -154,7 +155,7 @@ BOUNDS: dict[str, Range] = {
                      "assign.warmup_epochs", "train.epochs", "train.batch_size", "train.lr", "train.lr_step",
                      "assign.k", "data.crop_size", "proposals.max_candidates", "eval.every", "eval.scales"), POSITIVE),
     **dict.fromkeys(("seed", "assign.lam", "train.weight_decay", "train.num_threads", "train.loader_workers",
-                     "ray.num_workers", "ray.max_failures"), NON_NEGATIVE),
+                     "train.label_cache_mb", "ray.num_workers", "ray.max_failures"), NON_NEGATIVE),
     "train.momentum": Range(0, 1, high_open=True),
     "assign.ema": Range(0, 1, high_open=True),
     "assign.cache_mb": NON_NEGATIVE,

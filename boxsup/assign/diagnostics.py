@@ -73,21 +73,55 @@ def candidate_gt_iou(boxed: BoxedPool, gt_histogram: sp.csr_matrix) -> np.ndarra
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
+@dataclass
+class ReferenceChoices:
+    """What an image's diagnostics compare with, fixed for a run (the pool and the GT do not change):
+    the E_o-best and oracle candidates per box and their summed GT IoUs (a few numbers to keep)."""
+
+    eo_best: np.ndarray  # (B,)
+    oracle: np.ndarray  # (B,)
+    gt_iou_eo_best: float
+    gt_iou_oracle: float
+
+    @classmethod
+    def build(cls, boxed: BoxedPool, gt_histogram: sp.csr_matrix) -> "ReferenceChoices":
+        iou = candidate_gt_iou(boxed, gt_histogram)
+        columns = np.arange(len(boxed.labels))
+        eo_best, oracle = np.argmin(boxed.overlap, axis=0), np.argmax(iou, axis=0)
+        return cls(eo_best, oracle, float(iou[eo_best, columns].sum()), float(iou[oracle, columns].sum()))
+
+
+def chosen_gt_iou(boxed: BoxedPool, chosen: np.ndarray, gt_histogram: sp.csr_matrix) -> np.ndarray:
+    """GT IoU inside its box of each box's chosen candidate, (B,): ``candidate_gt_iou`` for B rows only."""
+    m = boxed.pool.membership
+    valid = np.asarray(gt_histogram.sum(axis=1), dtype=np.float64).ravel()
+    out = np.zeros(len(chosen))
+    for b, (c, label) in enumerate(zip(chosen, boxed.labels)):
+        in_box = boxed.inside[:, b]
+        counts = np.asarray(gt_histogram[:, int(label)].todense(), dtype=np.float64).ravel() * in_box
+        atoms = m.indices[m.indptr[c] : m.indptr[c + 1]]
+        atoms = atoms[in_box[atoms]]
+        inter, area = counts[atoms].sum(), valid[atoms].sum()
+        union = area + counts.sum() - inter
+        out[b] = inter / union if union > 0 else 0.0
+    return out
+
+
 def diagnose(
     boxed: BoxedPool, chosen: np.ndarray, gt_histogram: sp.csr_matrix,
-    label_map: np.ndarray, previous_map: np.ndarray | None,
+    label_map: np.ndarray, previous_map: np.ndarray | None, reference: ReferenceChoices | None = None,
 ) -> tuple[ChoiceDiagnostics, np.ndarray, np.ndarray]:
-    """One image's diagnostics, and the atom labels the E_o-best and the oracle choices would paint."""
-    iou = candidate_gt_iou(boxed, gt_histogram)
-    columns = np.arange(len(chosen))
-    eo_best = np.argmin(boxed.overlap, axis=0)
-    oracle = np.argmax(iou, axis=0)
+    """One image's diagnostics, and the atom labels the E_o-best and the oracle choices would paint.
+
+    ``reference``: the image's ``ReferenceChoices`` kept from an earlier round (built when None).
+    """
+    reference = reference if reference is not None else ReferenceChoices.build(boxed, gt_histogram)
     out = ChoiceDiagnostics(
         boxes=len(chosen),
-        not_eo_best=int((chosen != eo_best).sum()),
-        gt_iou_chosen=float(iou[chosen, columns].sum()),
-        gt_iou_eo_best=float(iou[eo_best, columns].sum()),
-        gt_iou_oracle=float(iou[oracle, columns].sum()),
+        not_eo_best=int((chosen != reference.eo_best).sum()),
+        gt_iou_chosen=float(chosen_gt_iou(boxed, chosen, gt_histogram).sum()),
+        gt_iou_eo_best=reference.gt_iou_eo_best,
+        gt_iou_oracle=reference.gt_iou_oracle,
     )
     if previous_map is not None and previous_map.shape == label_map.shape:
         out.compared = len(chosen)
@@ -95,4 +129,4 @@ def diagnose(
             now, before = label_map[y0:y1, x0:x1] == label, previous_map[y0:y1, x0:x1] == label
             out.changed += int((now != before).any())
     paint = lambda choice: paint_labels(boxed.pool, boxed.inside, choice, boxed.labels)  # noqa: E731
-    return out, paint(eo_best), paint(oracle)
+    return out, paint(reference.eo_best), paint(reference.oracle)

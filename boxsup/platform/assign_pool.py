@@ -32,7 +32,7 @@ from boxsup.data.sources import build_training_set
 from boxsup.errors import BoxSupError
 from boxsup.proposals.store import ProposalStore
 from boxsup.assign.cache import MB, BoxedPoolCache
-from boxsup.assign.diagnostics import ChoiceDiagnostics, diagnose
+from boxsup.assign.diagnostics import ChoiceDiagnostics, ReferenceChoices, diagnose
 from boxsup.trainers.faults import Fault, kill
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class Assigner:
         self.labels = LabelStore(spec.label_store)
         self._annotations: dict[str, ImageAnnotation] = {}
         self._gt_histograms: dict[str, sp.csr_matrix] = {}
+        self._references: dict[str, ReferenceChoices] = {}  # audit images: fixed for the run, a few numbers each
         self._assigned: Counter = Counter()  # images labelled per round (for the kill-actor fault)
 
     def cache_mb(self) -> float:
@@ -131,7 +132,10 @@ class Assigner:
         previous = None
         if previous_round is not None and self.labels.has(previous_round, out.image_id):
             previous = self.labels.read(previous_round, out.image_id)
-        out.diagnostics, eo_best, oracle = diagnose(boxed, result.chosen, hist, result.label_map, previous)
+        if out.image_id not in self._references:
+            self._references[out.image_id] = ReferenceChoices.build(boxed, hist)
+        out.diagnostics, eo_best, oracle = diagnose(boxed, result.chosen, hist, result.label_map, previous,
+                                                    self._references[out.image_id])
         out.reference_confusions = {"eo_best": self.pseudo_label_confusion(hist, eo_best),
                                     "oracle": self.pseudo_label_confusion(hist, oracle)}
 

@@ -43,6 +43,7 @@ class CandidatePool:
     def __post_init__(self) -> None:
         self.atoms = np.ascontiguousarray(self.atoms, dtype=np.int32)
         self._n_atoms = int(self.atoms.max()) + 1 if self.atoms.size else 0
+        self._atom_areas: np.ndarray | None = None  # counted on first use: a pass over the pixels
         self.membership = sp.csr_matrix(self.membership, dtype=np.float32, copy=True)
         self.membership.sum_duplicates()
         self.membership.eliminate_zeros()
@@ -67,7 +68,10 @@ class CandidatePool:
 
     # ---- per-candidate quantities ------------------------------------------------------------
     def atom_areas(self) -> np.ndarray:
-        return np.bincount(self.atoms.ravel(), minlength=self.n_atoms).astype(np.float64)
+        """Pixel count of every atom, (A,) float64; counted once per pool (kept as int32, 4 bytes an atom)."""
+        if self._atom_areas is None:
+            self._atom_areas = np.bincount(self.atoms.ravel(), minlength=self.n_atoms).astype(np.int32)
+        return self._atom_areas.astype(np.float64)
 
     def sum_over_candidates(self, atom_values: np.ndarray) -> np.ndarray:
         """Per-candidate sums of per-atom values; ``atom_values`` is (A,) or (A, K)."""

@@ -50,8 +50,19 @@ def pixel_costs(model: torch.nn.Module, image: np.ndarray, device: torch.device,
     ``kind`` "error": 1 - P(l | p), the expected 0-1 error of labelling p with l, bounded in [0, 1];
     "xent": -log P(l | p), the training loss itself, unbounded.
     """
+    log_probs = batch_log_probs(model, normalize_image(image)[None], device)[0]
+    return costs_from_log_probs(log_probs, kind).cpu().numpy()
+
+
+def batch_log_probs(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """log P(l | p) of a batch of normalised images of one size (N, 3, H, W): (N, num_classes, H, W)
+    float32, left on ``device``. Per image the same numbers as a batch of one (no padding)."""
     model.eval()
     with torch.no_grad():
-        log_probs = F.log_softmax(model(normalize_image(image)[None].to(device)).float(), dim=1)[0]
-        costs = -log_probs if kind == "xent" else 1.0 - log_probs.exp()
-        return costs.cpu().numpy()
+        return F.log_softmax(model(images.to(device, non_blocking=True)).float(), dim=1)
+
+
+def costs_from_log_probs(log_probs: torch.Tensor, kind: str = "error") -> torch.Tensor:
+    """e(p, l) from log P(l | p), elementwise, on the tensor's device (``kind`` as in ``pixel_costs``)."""
+    with torch.no_grad():
+        return -log_probs if kind == "xent" else 1.0 - log_probs.exp()

@@ -30,7 +30,6 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from boxsup.assign.assign import atom_mean_costs
 from boxsup.assign.diagnostics import ChoiceDiagnostics
 from boxsup.config import label_update_settings
 from boxsup.data.annotations import ImageAnnotation, Supervision
@@ -42,13 +41,12 @@ from boxsup.evaluation.evaluate import evaluate
 from boxsup.evaluation.figures import confusion_figure, label_evolution_figure
 from boxsup.evaluation.metrics import ConfusionMatrix
 from boxsup.models import build_model, parameter_groups
-from boxsup.proposals.pool import split_atoms_by_boxes
-from boxsup.proposals.store import ProposalStore
 from boxsup.trainers.artifacts import publish
-from boxsup.trainers.epoch import pixel_costs, train_one_epoch
+from boxsup.trainers.epoch import batch_log_probs, train_one_epoch
 from boxsup.trainers.faults import Fault, kill
 from boxsup.trainers.job import MetricsSink, TrainingJob, WorkerContext
 from boxsup.trainers.label_rounds import figure_rounds, planned_rounds, rounds_to_delete
+from boxsup.trainers.label_inputs import SplitAtomCache, label_round_batches, same_size_groups
 from boxsup.trainers.weight_average import WeightAverage
 from boxsup.trainers.training_set import TrainingSet, loader_workers
 from boxsup.utils.storage import open_location
@@ -111,26 +109,43 @@ def summarize_round(ctx: WorkerContext, results: list, num_classes: int, started
 def label_round(
     ctx: WorkerContext, job: TrainingJob, model: torch.nn.Module | None, round_index: int,
     box_images: list[ImageAnnotation], dataset: SegmentationDataset, progress: bool, previous_round: int | None = None,
+    cache: SplitAtomCache | None = None,
 ) -> RoundSummary:
-    """One round over every box image: this worker's share through the network, all through the pool."""
+    """One round over every box image: this worker's share through the network, all through the pool.
+
+    The share goes through the network in batches of one image size, decoded (and its atom map split,
+    unless ``cache`` holds it from an earlier round) in ``train.loader_workers`` processes; each
+    image's costs are reduced to per-atom means on the model's device.
+    """
     started = time.perf_counter()
     cfg, pool = job.config, job.pool
-    store = ProposalStore(job.proposal_store)
     kind = cfg["assign"]["pixel_cost"]
+    train = cfg.get("train", {})
     use_network = model is not None and cfg["assign"]["lam"] != 0
     mine = box_images[ctx.rank :: ctx.world]
-    for ann in tqdm(mine, desc=f"labels[round {round_index}]", leave=False, disable=not progress, unit="img"):
-        sums = None
-        if use_network and ann.boxes:
-            try:  # one read, no existence check first: a request saved per image on object stores
-                atoms = store.load_atoms(ann.image_id, expected_shape=(ann.height, ann.width))
-                atoms = split_atoms_by_boxes(atoms, ann.boxes_array())[0]
-            except BoxSupError:
-                atoms = None  # a missing or corrupt proposal file: the actor reports the image as skipped
-            if atoms is not None:
-                costs = pixel_costs(model, dataset.image(ann.image_id), ctx.device, kind)
-                sums = atom_mean_costs(costs, atoms, ann.labels_array())
-        pool.submit(round_index, ann.image_id, sums, previous_round)
+    scored = [a for a in mine if use_network and a.boxes]
+    scored_ids = {a.image_id for a in scored}
+    for ann in mine:  # E_o alone: nothing to compute on this side
+        if ann.image_id not in scored_ids:
+            pool.submit(round_index, ann.image_id, None, previous_round)
+    cache = cache if cache is not None else SplitAtomCache(0)
+    batches = label_round_batches(dataset, job.proposal_store, scored, cache,
+                                  max(1, train.get("batch_size", 1) // ctx.world),
+                                  loader_workers(train.get("loader_workers"), ctx.device))
+    with tqdm(total=len(scored), desc=f"labels[round {round_index}]", leave=False, disable=not progress, unit="img") as bar:
+        for items in batches:
+            for group in same_size_groups(items):
+                log_probs = batch_log_probs(model, torch.stack([item.image for item in group]), ctx.device)
+                for item, image_log_probs in zip(group, log_probs):
+                    image_id = scored[item.index].image_id
+                    split = item.split if item.split is not None else cache.get(image_id)
+                    if item.split is not None:
+                        cache.put(image_id, item.split)
+                    pool.submit(round_index, image_id, split.mean_costs(image_log_probs, kind), previous_round)
+            for item in items:
+                if item.image is None:  # a missing or corrupt proposal file: the actor reports the image as skipped
+                    pool.submit(round_index, scored[item.index].image_id, None, previous_round)
+            bar.update(len(items))
     summary, outcomes = summarize_round(ctx, pool.collect(), dataset.num_classes, started)
     summary.cache_mb = pool.cache_mb() if ctx.rank == 0 else None
     for image_id, why in outcomes:
@@ -256,6 +271,7 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
     workers = loader_workers(t["loader_workers"], ctx.device)
     rounds = labels.rounds(up_to=label_round_index) if state is not None else []
     confusion = None
+    split_atoms = SplitAtomCache(int(t["label_cache_mb"] * 2**20))  # kept across rounds
 
     for epoch in range(start_epoch, t["epochs"]):
         seed_epoch(seed, epoch, ctx.rank)
@@ -264,7 +280,7 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
         if box_images and update:
             scorer = (average.model if average is not None else model) if epoch else None
             summary = label_round(ctx, job, scorer, epoch, box_images, train_data, progress,
-                                  previous_round=rounds[-1] if rounds else None)
+                                  previous_round=rounds[-1] if rounds else None, cache=split_atoms)
             label_round_index, labelled = epoch, summary.labelled
             rounds.append(epoch)
             metrics.update(summary.metrics())

@@ -1,0 +1,171 @@
+"""What a worker's label round feeds the network and the per-atom reduction with.
+
+Each box image needs its decoded picture and its atom map split by its boxes. Both are made in
+DataLoader workers (``train.loader_workers``), batched by image size so that the network sees no
+padding (a batch gives every image the numbers a batch of one gives it). The split map is kept
+on the worker between rounds (``SplitAtomCache``), cropped to the boxes' hull and with its atom
+areas, so later rounds neither read the proposal file nor split again.
+
+The reduction to per-atom means (``SplitAtoms.mean_costs``) runs where the costs are: on a GPU a
+scatter-add in float64, so only A x K numbers leave the device; on the CPU one ``np.bincount`` per
+label, the same sums as ``boxsup.assign.assign.atom_mean_costs``. Only atoms inside a box are
+read by E_r (``boxsup.assign.costs``), so pixels outside the boxes' hull are skipped: an atom
+inside a box gets exactly the mean the whole-image reduction gives it, an atom outside every box
+gets a partial mean (or 0) that nothing reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from boxsup.assign.assign import loss_labels_for
+from boxsup.data.annotations import ImageAnnotation
+from boxsup.data.dataset import SegmentationDataset
+from boxsup.errors import BoxSupError
+from boxsup.models import normalize_image
+from boxsup.proposals.pool import split_atoms_by_boxes
+from boxsup.proposals.store import ProposalStore
+from boxsup.trainers.epoch import costs_from_log_probs
+
+
+@dataclass
+class SplitAtoms:
+    """An image's atom map split by its boxes, cropped to the boxes' hull, and every refined atom's area."""
+
+    atoms: np.ndarray  # (y1 - y0, x1 - x0) uint16 (int32 beyond 65,536 atoms): refined atom ids in the hull
+    areas: np.ndarray  # (A,) int64 pixel count of each refined atom over the whole image
+    hull: tuple[int, int, int, int]  # (y0, y1, x0, x1), end-exclusive
+    loss_labels: np.ndarray  # (K,) the labels reduced: background, then the box classes
+
+    @classmethod
+    def build(cls, atoms: np.ndarray, ann: ImageAnnotation) -> "SplitAtoms":
+        """Split a proposal file's atom map by the annotation's boxes."""
+        boxes = ann.boxes_array().reshape(-1, 4)
+        refined = split_atoms_by_boxes(atoms, boxes)[0]
+        areas = np.bincount(refined.ravel(), minlength=int(refined.max()) + 1)
+        h, w = refined.shape
+        y0, y1 = max(int(boxes[:, 1].min()), 0), min(int(boxes[:, 3].max()), h)
+        x0, x1 = max(int(boxes[:, 0].min()), 0), min(int(boxes[:, 2].max()), w)
+        dtype = np.uint16 if len(areas) <= 1 << 16 else np.int32
+        crop = np.ascontiguousarray(refined[y0:y1, x0:x1], dtype=dtype)
+        return cls(crop, areas, (y0, y1, x0, x1), loss_labels_for(ann.labels_array()))
+
+    @property
+    def nbytes(self) -> int:
+        return self.atoms.nbytes + self.areas.nbytes + self.loss_labels.nbytes
+
+    def mean_costs(self, log_probs: torch.Tensor, kind: str = "error") -> np.ndarray:
+        """Per-atom means (A, K) float16 of e(p, l) for ``loss_labels``, from one image's log P (C, H, W).
+
+        What ``atom_mean_costs`` computes from the whole cost map, here from the K labels' rows in
+        the hull, on the tensor's device; only the (A, K) sums leave it.
+        """
+        y0, y1, x0, x1 = self.hull
+        rows = torch.as_tensor(self.loss_labels, device=log_probs.device)
+        costs = costs_from_log_probs(log_probs.index_select(0, rows)[:, y0:y1, x0:x1].contiguous(), kind)
+        if costs.device.type == "cpu":  # bincount beats torch's scatter-add on a CPU; same float64 sums
+            flat = self.atoms.ravel()
+            sums = np.stack([np.bincount(flat, weights=layer.ravel(), minlength=len(self.areas))
+                             for layer in costs.numpy()], axis=1)
+        else:
+            index = torch.from_numpy(self.atoms.astype(np.int32)).to(costs.device).long().view(1, -1)
+            flat = costs.reshape(len(rows), -1).double()
+            total = torch.zeros(len(rows), len(self.areas), dtype=torch.float64, device=costs.device)
+            sums = total.scatter_add_(1, index.expand_as(flat), flat).T.cpu().numpy()
+        return (sums / np.maximum(self.areas, 1)[:, None]).astype(np.float16)
+
+
+class SplitAtomCache:
+    """Split atom maps kept on a worker across rounds, within ``max_bytes``.
+
+    Once full it keeps what it holds: each round visits the same images in the same order, where
+    least-recently-used eviction would drop every map just before its next use; keeping the first
+    ones makes the hit rate the fraction that fits. A map is 2 bytes per pixel of the boxes' hull
+    (375 KB for a whole VOC image).
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._maps: dict[str, SplitAtoms] = {}
+
+    def get(self, image_id: str) -> SplitAtoms | None:
+        return self._maps.get(image_id)
+
+    def put(self, image_id: str, split: SplitAtoms) -> None:
+        if image_id not in self._maps and self.nbytes + split.nbytes <= self.max_bytes:
+            self._maps[image_id] = split
+            self.nbytes += split.nbytes
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+
+@dataclass
+class LabelItem:
+    """One box image ready for the network: its normalised picture and split atoms, or why it has none."""
+
+    index: int
+    image: torch.Tensor | None  # (3, H, W) float32, normalised
+    split: SplitAtoms | None  # None: the cached one is used (or the proposal file failed: ``error``)
+    error: str | None = None
+
+
+class LabelRoundImages(Dataset):
+    """Box images of a label round: the picture decoded and, where ``need_split[i]``, the atom map
+    read from the proposal store and split by the boxes. Meant for DataLoader workers."""
+
+    def __init__(self, dataset: SegmentationDataset, proposal_store: str, annotations: Sequence[ImageAnnotation],
+                 need_split: Sequence[bool]):
+        self.dataset, self.proposal_store = dataset, proposal_store
+        self.annotations, self.need_split = list(annotations), list(need_split)
+        self._store: ProposalStore | None = None
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def __getitem__(self, index: int) -> LabelItem:
+        ann = self.annotations[index]
+        split = None
+        if self.need_split[index]:
+            if self._store is None:
+                self._store = ProposalStore(self.proposal_store)
+            try:  # one read, no existence check first: a request saved per image on object stores
+                atoms = self._store.load_atoms(ann.image_id, expected_shape=(ann.height, ann.width))
+            except BoxSupError as exc:  # the actor reports the image as skipped
+                return LabelItem(index, None, None, str(exc))
+            split = SplitAtoms.build(atoms, ann)
+        return LabelItem(index, normalize_image(self.dataset.image(ann.image_id)), split)
+
+
+def size_batches(annotations: Sequence[ImageAnnotation], batch_size: int) -> list[list[int]]:
+    """Indices in batches of at most ``batch_size`` images of one size, each size's images in order."""
+    order = sorted(range(len(annotations)), key=lambda i: (annotations[i].height, annotations[i].width, i))
+    batches = []
+    for _, group in groupby(order, key=lambda i: (annotations[i].height, annotations[i].width)):
+        members = list(group)
+        batches += [members[start : start + batch_size] for start in range(0, len(members), batch_size)]
+    return sorted(batches, key=lambda b: b[0])  # roughly the given order: the first images first
+
+
+def label_round_batches(dataset: SegmentationDataset, proposal_store: str, annotations: Sequence[ImageAnnotation],
+                        cache: SplitAtomCache, batch_size: int, workers: int) -> Iterator[list[LabelItem]]:
+    """Batches of ``LabelItem`` (one image size each), made by ``workers`` loader processes (0: here)."""
+    need = [cache.get(a.image_id) is None for a in annotations]
+    images = LabelRoundImages(dataset, proposal_store, annotations, need)
+    loader = DataLoader(images, batch_sampler=size_batches(annotations, max(1, batch_size)), num_workers=workers,
+                        collate_fn=list)
+    yield from loader
+
+
+def same_size_groups(items: list[LabelItem]) -> list[list[LabelItem]]:
+    """The items with an image, grouped by image size (a batch from ``size_batches`` is one group
+    unless a decoded image differs from its annotation's size)."""
+    ready = sorted((i for i in items if i.image is not None), key=lambda i: (tuple(i.image.shape), i.index))
+    return [list(g) for _, g in groupby(ready, key=lambda i: tuple(i.image.shape))]
