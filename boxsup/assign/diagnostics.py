@@ -93,13 +93,12 @@ class ReferenceChoices:
 
 def chosen_gt_iou(boxed: BoxedPool, chosen: np.ndarray, gt_histogram: sp.csr_matrix) -> np.ndarray:
     """GT IoU inside its box of each box's chosen candidate, (B,): ``candidate_gt_iou`` for B rows only."""
-    m = boxed.pool.membership
     valid = np.asarray(gt_histogram.sum(axis=1), dtype=np.float64).ravel()
     out = np.zeros(len(chosen))
     for b, (c, label) in enumerate(zip(chosen, boxed.labels)):
         in_box = boxed.inside[:, b]
         counts = np.asarray(gt_histogram[:, int(label)].todense(), dtype=np.float64).ravel() * in_box
-        atoms = m.indices[m.indptr[c] : m.indptr[c + 1]]
+        atoms = boxed.pool.candidate_atoms(int(c))
         atoms = atoms[in_box[atoms]]
         inter, area = counts[atoms].sum(), valid[atoms].sum()
         union = area + counts.sum() - inter
