@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "ema": 0.0,  # the network scoring candidates: EMA of the weights over epochs with this decay (0: the last)
         "num_actors": 2,  # Ray actors sharing the label update (each owns a shard of the proposal store)
         "actor_cpus": 1.0,
-        "cache_mb": 2048.0,  # MiB of box-refined candidate pools each actor keeps (least recently used dropped)
+        "cache_mb": 2048.0,  # MiB of box-refined candidate pools each actor keeps (once full, new ones are used, not kept)
     },
     "model": {
         "backbone": "vgg16_largefov",  # vgg16_largefov | small

@@ -64,7 +64,7 @@ class AssignmentSpec:
     lam: float
     k: int
     seed: int
-    cache_mb: float = 2048.0  # MiB of box-refined pools this actor keeps (least recently used dropped)
+    cache_mb: float = 2048.0  # MiB of box-refined pools this actor keeps (once full, new pools are used, not kept)
     trust_margin: float = 1.0  # candidates within this E_o of the box's best are eligible (1: all)
     lam_ramp: int = 0  # rounds over which lambda grows from the first network round (0: at once)
     first_network_round: int = 1
