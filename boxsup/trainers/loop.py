@@ -41,7 +41,7 @@ from boxsup.errors import BoxSupError
 from boxsup.evaluation.evaluate import evaluate
 from boxsup.evaluation.figures import confusion_figure, label_evolution_figure
 from boxsup.evaluation.metrics import ConfusionMatrix
-from boxsup.models import build_model, parameter_groups
+from boxsup.models import build_model, on_device, parameter_groups
 from boxsup.platform.tracking import RunLogger
 from boxsup.proposals.pool import split_atoms_by_boxes
 from boxsup.proposals.store import ProposalStore
@@ -232,7 +232,7 @@ def _train(ctx, job: dict[str, Any]) -> None:
     box_images = [a for a in annotations if a.supervision == Supervision.BOX]
     mask_images = [a for a in annotations if a.supervision == Supervision.MASK]
 
-    model = build_model(cfg["model"]["backbone"], train_data.num_classes, cfg["model"]["weights"]).to(ctx.device)
+    model = on_device(build_model(cfg["model"]["backbone"], train_data.num_classes, cfg["model"]["weights"]), ctx.device)
     optimizer = torch.optim.SGD(parameter_groups(model, t["lr"]), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t["lr_step"], gamma=t["lr_gamma"])
     start_epoch, label_round_index, labelled = 0, 0, []
