@@ -63,7 +63,8 @@ class RoundSummary:
     skipped: Counter
     boxes: int
     chosen_cost_sum: float
-    confusions: dict[str, np.ndarray]  # "chosen" (the labels), "eo_best", "oracle": vs the audit images' masks
+    confusions: dict[str, np.ndarray]  # "chosen" (the painted labels), "eo_best", "oracle", "kept" (the
+    # painted labels off the void pixels): vs the audit images' masks
     diagnostics: ChoiceDiagnostics
     seconds: float
 
@@ -75,12 +76,14 @@ class RoundSummary:
             confusion = ConfusionMatrix(len(matrix))
             confusion.matrix = matrix.astype(np.int64)
             out["pseudo_miou" if name == "chosen" else f"pseudo_miou_{name}"] = confusion.compute().miou if matrix.sum() else None
+        painted = self.confusions["chosen"].sum()
+        out["void_share"] = 1.0 - self.confusions["kept"].sum() / painted if painted else None
         return out | self.diagnostics.metrics() | {
             "mean_chosen_cost": self.chosen_cost_sum / max(self.boxes, 1),
             "skipped_images": float(sum(self.skipped.values())), "label_update_seconds": self.seconds}
 
 
-CONFUSIONS = ("chosen", "eo_best", "oracle")
+CONFUSIONS = ("chosen", "eo_best", "oracle", "kept")
 
 
 def summarize_round(ctx, results: list, num_classes: int, started: float) -> tuple[RoundSummary, list[tuple[str, str | None]]]:

@@ -232,6 +232,7 @@ def train(
                           trust_margin=rule["trust_margin"], lam_ramp=rule["lam_ramp"],
                           first_network_round=a["warmup_epochs"], region_cost=rule["region_cost"],
                           sample_margin=float("inf") if rule["sample_margin"] is None else rule["sample_margin"],
+                          void_k=rule["void_k"],
                           fault=fault)
     job = {"config": cfg, "annotations": annotations, "run_dir": str(run_dir), "label_store": spec.label_store,
            "proposal_store": spec.proposal_store, "tracking_uri": cfg["tracking"]["uri"],
