@@ -132,8 +132,9 @@ class Assigner:
             previous = self.labels.read(previous_round, out.image_id)
         out.diagnostics, eo_best, oracle = diagnose(boxed, result.chosen, hist, result.label_map, previous)
         out.reference_confusions = {"eo_best": self.pseudo_label_confusion(hist, eo_best),
-                                    "oracle": self.pseudo_label_confusion(hist, oracle),
-                                    "kept": self.pseudo_label_confusion(hist, result.atom_labels, result.void)}
+                                    "oracle": self.pseudo_label_confusion(hist, oracle)}
+        if result.void is not None:  # assign.void_k: the labels on the pixels that train
+            out.reference_confusions["kept"] = self.pseudo_label_confusion(hist, result.atom_labels, result.void)
 
     def gt_histogram(self, image_id: str, atoms: np.ndarray) -> sp.csr_matrix:
         """The hidden GT as a sparse atom-by-class pixel-count histogram (void left out), read once per image.

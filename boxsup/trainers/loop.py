@@ -70,14 +70,16 @@ class RoundSummary:
 
     def metrics(self) -> dict[str, float | None]:
         """``pseudo_miou`` (the round's labels), ``pseudo_miou_eo_best`` / ``_oracle`` (the box's or the
-        best available choice, on the same images), the choice diagnostics, cost, skips and time."""
+        best available choice, on the same images), ``pseudo_miou_kept`` / ``void_share`` (with
+        ``assign.void_k``: the labels off the void pixels, the share painted void), the choice
+        diagnostics, cost, skips and time."""
         out: dict[str, float | None] = {}
         for name, matrix in self.confusions.items():
             confusion = ConfusionMatrix(len(matrix))
             confusion.matrix = matrix.astype(np.int64)
             out["pseudo_miou" if name == "chosen" else f"pseudo_miou_{name}"] = confusion.compute().miou if matrix.sum() else None
-        painted = self.confusions["chosen"].sum()
-        out["void_share"] = 1.0 - self.confusions["kept"].sum() / painted if painted else None
+        kept, painted = self.confusions["kept"].sum(), self.confusions["chosen"].sum()
+        out["void_share"] = 1.0 - kept / painted if kept else None  # only with assign.void_k
         return out | self.diagnostics.metrics() | {
             "mean_chosen_cost": self.chosen_cost_sum / max(self.boxes, 1),
             "skipped_images": float(sum(self.skipped.values())), "label_update_seconds": self.seconds}
