@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "trust_margin": 1.0,  # candidates with E_o within this of the box's best may be chosen (1: every one)
         "lam_ramp": 0,  # rounds over which lambda grows linearly from the first network round (0: at once)
         "ema": 0.0,  # the network scoring candidates: EMA of the weights over epochs with this decay (0: the last)
+        "void_k": 0,  # pixels of a box on which its void_k near-best candidates disagree are void (0: none)
         "num_actors": 2,  # Ray actors sharing the label update (each owns a shard of the proposal store)
         "actor_cpus": 1.0,
         "cache_mb": 2048.0,  # MiB of box-refined candidate pools each actor keeps (once full, new ones are used, not kept)
@@ -161,6 +162,7 @@ BOUNDS: dict[str, Range] = {
     "assign.cache_mb": NON_NEGATIVE,
     "assign.trust_margin": FRACTION,
     "assign.lam_ramp": NON_NEGATIVE,
+    "assign.void_k": NON_NEGATIVE,
     "assign.sample_margin": NON_NEGATIVE,
     "train.lr_gamma": Range(0, 1, low_open=True),
     "data.mask_fraction": FRACTION,
@@ -388,14 +390,14 @@ def check_data_section(cfg: dict[str, Any], given: dict[str, str]) -> None:
 
 
 # What assign.form: paper means for the settings only the robust form uses.
-PAPER_FORM = {"region_cost": "mean", "sample_margin": None, "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0}
+PAPER_FORM = {"region_cost": "mean", "sample_margin": None, "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0, "void_k": 0}
 
 
 def label_update_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The label update's region cost, trust margin, lambda ramp and scoring-weight average in force.
+    """The label update's region cost, margins, lambda ramp, scoring-weight average and void rule in force.
 
     ``assign.form: paper`` is the paper's form (Sec. 4.3: every candidate, lambda from the first round
-    the network scores, the last weights) whatever those four keys say; ``robust`` takes them as set.
+    the network scores, the last weights, no void) whatever those keys say; ``robust`` takes them as set.
     Refused: E_r as a soft IoU with ``pixel_cost: xent`` (it needs e = 1 - P).
     """
     a = cfg["assign"]

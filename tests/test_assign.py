@@ -172,3 +172,20 @@ def test_sample_margin_draws_only_near_equivalent_candidates():
     # ... within 0.25 of the lowest cost only C1 is left
     drawn = {int(assign_labels(boxed, None, 0.0, 5, np.random.default_rng(s), sample_margin=0.25).chosen[0]) for s in range(40)}
     assert drawn == {1}
+
+
+def test_void_paints_the_pixels_on_which_the_near_best_candidates_disagree():
+    boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
+    rng = lambda: np.random.default_rng(0)  # noqa: E731
+    # E_o alone, k 1: C1 = {0, 1} is chosen; its 3 nearest are C1 (0), C0 = {0} (.5), C2 = all (.5, clipped to the box)
+    out = assign_labels(boxed, None, 0.0, 1, rng(), void_k=3)
+    expected = np.zeros((4, 4), np.uint8)
+    expected[0:2, 0:2] = 1  # atom 0: in all three
+    expected[0:2, 2:4] = 255  # atom 1: in C1 and C2, not in C0
+    np.testing.assert_array_equal(out.label_map, expected)
+    assert (out.atom_labels[boxed.pool.atoms][0:2] == 1).all()  # the painted labels keep the choice
+    # no void: void_k 0 or 1, or a margin that leaves C1 alone in the near set
+    for kwargs in ({"void_k": 0}, {"void_k": 1}, {"void_k": 3, "sample_margin": 0.25}):
+        out = assign_labels(boxed, None, 0.0, 1, rng(), **kwargs)
+        assert out.void is None or not out.void.any()
+        assert (out.label_map != 255).all()

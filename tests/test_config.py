@@ -81,11 +81,13 @@ def test_auto_classes_read_the_dataset_list_or_fall_back_to_voc(tmp_path):
 def test_paper_form_is_one_value_away_and_iou_needs_error_costs():
     from boxsup.config import PAPER_FORM, label_update_settings
 
-    cfg = load_config(None, ["data.root=d", "assign.region_cost=iou", "assign.trust_margin=0.2", "assign.ema=0.5"])
+    cfg = load_config(None, ["data.root=d", "assign.region_cost=iou", "assign.trust_margin=0.2", "assign.ema=0.5",
+                             "assign.void_k=3"])
     assert label_update_settings(cfg) == {"region_cost": "iou", "sample_margin": cfg["assign"]["sample_margin"],
-                                          "trust_margin": 0.2, "lam_ramp": cfg["assign"]["lam_ramp"], "ema": 0.5}
+                                          "trust_margin": 0.2, "lam_ramp": cfg["assign"]["lam_ramp"], "ema": 0.5,
+                                          "void_k": 3}
     cfg["assign"]["form"] = "paper"
-    assert label_update_settings(cfg) == PAPER_FORM
+    assert label_update_settings(cfg) == PAPER_FORM and PAPER_FORM["void_k"] == 0
     cfg = load_config(None, ["data.root=d", "assign.form=robust", "assign.region_cost=iou", "assign.pixel_cost=xent"])
     with pytest.raises(BoxSupError, match="assign.region_cost: iou needs assign.pixel_cost: error"):
         label_update_settings(cfg)

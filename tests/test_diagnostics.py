@@ -56,3 +56,21 @@ def test_an_unchanged_choice_and_no_previous_round():
     assert (stats.changed, stats.compared, stats.not_eo_best, stats.gt_iou_chosen) == (0, 1, 0, 1.0)
     stats, _, _ = diagnose(boxed, np.array([2]), gt_histogram(boxed, mask), label_map, None)
     assert stats.compared == 0 and stats.metrics()["choice_changed"] is None
+
+
+def test_void_share_and_kept_labels_score_only_the_pixels_that_train():
+    from collections import Counter
+
+    from boxsup.trainers.loop import RoundSummary
+
+    chosen = np.array([[10, 2], [4, 4]])  # 20 pixels painted, 14 right
+    kept = np.array([[9, 0], [1, 4]])  # 14 of them not void, 13 right
+    summary = RoundSummary([], Counter(), 1, 0.0, {"chosen": chosen, "eo_best": chosen, "oracle": chosen,
+                                                    "kept": kept}, ChoiceDiagnostics(), 0.0)
+    metrics = summary.metrics()
+    assert metrics["void_share"] == 1 - 14 / 20
+    np.testing.assert_allclose(metrics["pseudo_miou_kept"], (9 / 10 + 4 / 5) / 2)
+    np.testing.assert_allclose(metrics["pseudo_miou"], (10 / 16 + 4 / 10) / 2)
+    no_void = RoundSummary([], Counter(), 1, 0.0, {"chosen": chosen, "eo_best": chosen, "oracle": chosen,
+                                                   "kept": np.zeros((2, 2))}, ChoiceDiagnostics(), 0.0).metrics()
+    assert no_void["void_share"] is None and no_void["pseudo_miou_kept"] is None

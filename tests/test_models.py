@@ -12,7 +12,7 @@ import torchvision
 from torchvision.models._api import WeightsEnum
 
 from boxsup.errors import BoxSupError
-from boxsup.models import IMAGENET_MEAN, IMAGENET_STD, build_model, normalize_image, parameter_groups
+from boxsup.models import IMAGENET_MEAN, IMAGENET_STD, build_model, normalize_image, on_device, parameter_groups
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +148,15 @@ def test_backbone_shape_mismatch(tmp_path) -> None:
     torch.save(state, path)
     with pytest.raises(BoxSupError, match="resized.pth.*features.0.0.weight has shape"):
         build_model("small", num_classes=3, weights=str(path))
+
+
+def test_on_a_cpu_the_weights_are_channels_last_and_the_outputs_unchanged() -> None:
+    torch.manual_seed(0)
+    model = build_model("small", 3).eval()
+    images = torch.randn(2, 3, 40, 48)
+    with torch.no_grad():
+        before = model(images)
+        moved = on_device(model, torch.device("cpu"))
+        after = moved(images)
+    assert moved.classifier.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)

@@ -1,10 +1,14 @@
 """The distributed platform: the actor pool's determinism and recovery, Train worker recovery, resume."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from boxsup.cli import main
+from boxsup.config import load_config
+from boxsup.data.annotations import Supervision
 from boxsup.data.label_store import LabelStore
 from boxsup.data.synth import DEMO_CLASSES, generate_dataset
 from boxsup.data.voc import VOCDataset
@@ -12,6 +16,8 @@ from boxsup.platform.assign_pool import AssignmentPool, AssignmentSpec, LocalAss
 from boxsup.proposals.generate import build_store
 from boxsup.proposals.pool import split_atoms_by_boxes
 from boxsup.proposals.store import ProposalStore
+from boxsup.platform.ray_train import needs_actor_pool
+from boxsup.trainers.faults import Fault
 from conftest import voc_data_section
 
 
@@ -148,3 +154,15 @@ def test_a_users_mistake_found_on_a_worker_is_one_line(ray_session, tmp_path, ti
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("boxsup: error:") and f"{val_id}.jpg: cannot decode image" in err
+
+
+def test_only_runs_that_update_their_labels_start_actors(labelled_setup, tmp_path):
+    root, dataset, store, _ = labelled_setup
+    annotations = dataset.load_annotations(skip_bad=False)
+    spec = spec_for(root, store, tmp_path / "labels")
+    updating, fixed = (load_config(None, [f"data.root={root}", f"assign.update={u}"]) for u in ("true", "false"))
+    assert needs_actor_pool(updating, spec, annotations) and not needs_actor_pool(fixed, spec, annotations)
+    killing = replace(spec, fault=Fault(frozenset({("kill-actor", 0)}), str(tmp_path)))
+    assert needs_actor_pool(fixed, killing, annotations)  # the recovery test's actor to kill
+    masked = [replace(a, supervision=Supervision.MASK) for a in annotations]
+    assert not needs_actor_pool(updating, spec, masked)  # nothing to label

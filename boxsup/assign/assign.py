@@ -10,7 +10,7 @@ from boxsup.assign.costs import atom_loss_sums, overlap_cost, region_cost, soft_
 from boxsup.assign.packed import ARRAY_OVERHEAD, PackedPool
 from boxsup.assign.paint import paint_labels
 from boxsup.assign.sampling import sample_lowest_k
-from boxsup.data.annotations import BACKGROUND
+from boxsup.data.annotations import BACKGROUND, IGNORE
 from boxsup.proposals.pool import CandidatePool
 
 
@@ -90,10 +90,11 @@ def reduce_losses(pixel_losses: np.ndarray, refined_atoms: np.ndarray, labels: n
 class Assignment:
     """Result of one image's label update."""
 
-    label_map: np.ndarray  # (H, W) uint8
-    atom_labels: np.ndarray  # (A,) uint8, label_map = atom_labels[pool.atoms]
+    label_map: np.ndarray  # (H, W) uint8: the painted labels, IGNORE on the void atoms
+    atom_labels: np.ndarray  # (A,) uint8, the painted labels before voiding
     chosen: np.ndarray  # (B,) candidate index per box
     chosen_cost: np.ndarray  # (B,) cost of the chosen candidate
+    void: np.ndarray | None = None  # (A,) bool: atoms left out of training (IGNORE), None when none are
 
 
 def assignment_costs(
@@ -132,9 +133,12 @@ def ramped_lambda(lam: float, round_index: int, first_network_round: int, ramp_r
 
 def assign_labels(
     boxed: BoxedPool, loss_sums: np.ndarray | None, lam: float, k: int, rng: np.random.Generator,
-    trust_margin: float = 1.0, region: str = "mean", sample_margin: float = float("inf"),
+    trust_margin: float = 1.0, region: str = "mean", sample_margin: float = float("inf"), void_k: int = 0,
 ) -> Assignment:
     """Pick one candidate per box uniformly among its k lowest costs and paint the label map.
+
+    ``void_k`` > 1 paints void the atoms on which a box's ``void_k`` near-best candidates disagree
+    (``disputed_atoms``); 0 or 1 voids nothing, as in the paper.
 
     ``loss_sums`` is None in round 0 (no trained network yet): E_o alone decides. ``sample_margin``
     ε keeps out of the draw every candidate costing more than the box's lowest cost + ε, so the k
@@ -145,4 +149,26 @@ def assign_labels(
         costs = np.where(costs <= costs.min(axis=0, keepdims=True) + sample_margin, costs, np.inf)
     chosen = sample_lowest_k(costs, k, rng)
     atom_labels = paint_labels(boxed.pool, boxed.inside, chosen, boxed.labels)
-    return Assignment(boxed.pool.expand(atom_labels), atom_labels, chosen, costs[chosen, np.arange(len(chosen))])
+    void = disputed_atoms(boxed, costs, void_k) if void_k > 1 else None
+    painted = atom_labels if void is None else np.where(void, IGNORE, atom_labels).astype(np.uint8)
+    return Assignment(boxed.pool.expand(painted), atom_labels, chosen, costs[chosen, np.arange(len(chosen))], void)
+
+
+def disputed_atoms(boxed: BoxedPool, costs: np.ndarray, void_k: int) -> np.ndarray:
+    """The atoms (A,) bool inside a box on which its near-best candidates disagree.
+
+    N_B: the ``void_k`` lowest finite costs of box B (after the sample margin: within it of the
+    lowest). An atom of B covered by some but not all of N_B is disputed; the label update
+    paints it void (IGNORE), so the network neither learns it as B's class nor as background.
+    Where N_B agree the painted label stands. The union over the boxes is returned.
+    """
+    void = np.zeros(boxed.pool.n_atoms, dtype=bool)
+    order = np.argsort(costs, axis=0, kind="stable")[:void_k]  # (<= void_k, B)
+    for b in range(costs.shape[1]):
+        near = order[:, b][np.isfinite(costs[order[:, b], b])]
+        if len(near) < 2:
+            continue
+        atoms = np.concatenate([boxed.pool.candidate_atoms(int(c)) for c in near])
+        cover = np.bincount(atoms, minlength=boxed.pool.n_atoms)
+        void |= boxed.inside[:, b] & (cover > 0) & (cover < len(near))
+    return void

@@ -25,6 +25,15 @@ candidates with E_o(S, B) <= min_S' E_o(S', B) + delta; ``assign.lam_ramp`` R ma
 lambda min(1, (r - r_0 + 1) / R) from the first network round r_0; ``assign.ema`` scores with an
 average of the weights over epochs.
 
+Void (``assign.void_k`` = m > 1, robust form only; ``boxsup.assign.assign.disputed_atoms``): let N_B
+be the m lowest-cost candidates of B (within ε of the lowest). A pixel p of B is painted void
+(255, left out of the training loss) when
+
+    0 < #{S in N_B : p in S} < |N_B|
+
+i.e. where near-equivalent choices disagree and the label is likely wrong; elsewhere the drawn
+candidate's label stands. It does not need the network (lambda = 0 uses it too, from E_o alone).
+
 ``assign.form: paper`` (Sec. 4.3 with this project's normalisation of Eq. 3)
 
     E_r(S, B) = 1/2 * [ mean_{p in S & B} e(p, l_B) + mean_{p in B - S} e(p, background) ]

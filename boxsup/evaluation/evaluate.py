@@ -15,7 +15,7 @@ from boxsup.data.voc import VOCDataset
 from boxsup.errors import BoxSupError
 from boxsup.evaluation.inference import predict_label_map
 from boxsup.evaluation.metrics import ConfusionMatrix, SegmentationScores
-from boxsup.models import BACKBONES, build_model, fit_problem, load_tensor_file
+from boxsup.models import BACKBONES, build_model, fit_problem, load_tensor_file, on_device
 from boxsup.utils.storage import read_file
 
 
@@ -100,5 +100,5 @@ def evaluate_checkpoint(
         raise BoxSupError(f"{checkpoint}: its weights do not fit a {backbone} model for {len(classes)} classes: {problem}")
     model.load_state_dict(state["model"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    confusion = evaluate(model.to(device), dataset, device, scales, crf)
+    confusion = evaluate(on_device(model, device), dataset, device, scales, crf)
     return confusion.compute(), ["background", *classes]

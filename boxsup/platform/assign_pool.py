@@ -70,6 +70,7 @@ class AssignmentSpec:
     first_network_round: int = 1
     region_cost: str = "mean"  # E_r: "mean" (two-region mean) or "iou" (1 - soft IoU with the network's mask)
     sample_margin: float = float("inf")  # draw only among candidates within this of the lowest cost
+    void_k: int = 0  # > 1: pixels on which a box's void_k near-best candidates disagree are painted void
     fault: Fault | None = None  # the recovery tests' injected fault (kill-actor), see boxsup.trainers.faults
 
 
@@ -118,7 +119,8 @@ class Assigner:
         loss_sums = boxed.sums_from_means(atom_means) if atom_means is not None else None
         lam = ramped_lambda(self.spec.lam, round_index, self.spec.first_network_round, self.spec.lam_ramp)
         result = assign_labels(boxed, loss_sums, lam if loss_sums is not None else 0.0, self.spec.k, rng,
-                               self.spec.trust_margin, self.spec.region_cost, self.spec.sample_margin)
+                               self.spec.trust_margin, self.spec.region_cost, self.spec.sample_margin,
+                               self.spec.void_k)
         self.labels.write(round_index, image_id, result.label_map)
         out = ImageResult(image_id, len(result.chosen), float(result.chosen_cost.sum()))
         if ann.has_mask:
@@ -138,6 +140,8 @@ class Assigner:
                                                     self._references[out.image_id])
         out.reference_confusions = {"eo_best": self.pseudo_label_confusion(hist, eo_best),
                                     "oracle": self.pseudo_label_confusion(hist, oracle)}
+        if result.void is not None:  # assign.void_k: the labels on the pixels that train
+            out.reference_confusions["kept"] = self.pseudo_label_confusion(hist, result.atom_labels, result.void)
 
     def gt_histogram(self, image_id: str, atoms: np.ndarray) -> sp.csr_matrix:
         """The hidden GT as a sparse atom-by-class pixel-count histogram (void left out), read once per image.
@@ -153,11 +157,16 @@ class Assigner:
             self._gt_histograms[image_id] = counts
         return self._gt_histograms[image_id]
 
-    def pseudo_label_confusion(self, hist: sp.csr_matrix, atom_labels: np.ndarray) -> dict[int, int]:
-        """Confusion of atom labels against the GT histogram, as {flat index: count}."""
+    def pseudo_label_confusion(self, hist: sp.csr_matrix, atom_labels: np.ndarray,
+                               void: np.ndarray | None = None) -> dict[int, int]:
+        """Confusion of atom labels against the GT histogram, as {flat index: count}; ``void`` atoms left out."""
         n = self.dataset.num_classes
         rows = np.repeat(np.arange(hist.shape[0]), np.diff(hist.indptr))
-        flat = np.bincount(hist.indices * n + atom_labels[rows], weights=hist.data, minlength=n * n)
+        indices, weights = hist.indices, hist.data
+        if void is not None:
+            keep = ~void[rows]
+            rows, indices, weights = rows[keep], indices[keep], weights[keep]
+        flat = np.bincount(indices * n + atom_labels[rows], weights=weights, minlength=n * n)
         return {int(i): int(flat[i]) for i in np.flatnonzero(flat)}
 
 
@@ -246,12 +255,20 @@ class AssignmentPool:
 
 
 class LocalAssignmentPool:
-    """The same interface as ``AssignmentPool`` without Ray: one in-process ``Assigner``."""
+    """The same interface as ``AssignmentPool`` without Ray: one in-process ``Assigner``, made on first use
+    (so a pool shipped to Ray Train workers carries the spec, not a dataset)."""
 
     def __init__(self, spec: AssignmentSpec):
-        self.assigner = Assigner(spec)
+        self.spec = spec
+        self._assigner: Assigner | None = None
         self._results: list[ImageResult] = []
         self.replaced = 0
+
+    @property
+    def assigner(self) -> Assigner:
+        if self._assigner is None:
+            self._assigner = Assigner(self.spec)
+        return self._assigner
 
     def submit(
         self, round_index: int, image_id: str, atom_means: np.ndarray | None, previous_round: int | None = None,

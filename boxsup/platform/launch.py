@@ -238,6 +238,7 @@ def train(
                           trust_margin=rule["trust_margin"], lam_ramp=rule["lam_ramp"],
                           first_network_round=a["warmup_epochs"], region_cost=rule["region_cost"],
                           sample_margin=float("inf") if rule["sample_margin"] is None else rule["sample_margin"],
+                          void_k=rule["void_k"],
                           fault=fault)
     job = TrainingJob(cfg, annotations, str(run_dir), spec.label_store, spec.proposal_store,
                       RunLogger(cfg["tracking"]["uri"], record["mlflow_run_id"]), progress=progress, fault=fault,

@@ -15,8 +15,9 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from boxsup.data.annotations import Supervision
 from boxsup.errors import BoxSupError
-from boxsup.platform.assign_pool import AssignmentPool, AssignmentSpec
+from boxsup.platform.assign_pool import AssignmentPool, AssignmentSpec, LocalAssignmentPool
 from boxsup.platform.context import RayTrainContext
 from boxsup.platform.guard import driver_guard
 from boxsup.trainers.job import TrainingJob
@@ -51,6 +52,8 @@ def start_ray(address: str | None, min_cpus: float = 0.0) -> None:
         ray.init(address=address)
         return
     driver_guard()  # a killed driver must not leave this Ray's processes running
+    # One machine is never preempted: no watcher actor per run (one process less to start on 2 cores).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(num_cpus=max(os.cpu_count() or 1, int(min_cpus + 0.999)))
 
 
@@ -70,6 +73,18 @@ def quiet_ray_train_reports() -> None:
     logging.getLogger(train_storage.__name__).setLevel(logging.WARNING)  # "Checkpoint successfully created"
 
 
+def needs_actor_pool(cfg: dict[str, Any], spec: AssignmentSpec, annotations: list) -> bool:
+    """Whether a run's label updates need the actor pool: box images and more rounds than round 0.
+
+    A run with fixed labels (``assign.update: false``) labels its box images once, from E_o
+    alone; each worker then labels its share in-process, and no actor has to start. The labels are
+    the same either way (each image's draw is keyed on seed, round and image id). The recovery
+    tests' ``kill-actor`` fault keeps the actors: it needs one to kill.
+    """
+    boxes = any(a.supervision == Supervision.BOX for a in annotations)
+    return boxes and (cfg["assign"]["update"] or spec.fault is not None)
+
+
 def fit_with_ray(
     job: TrainingJob, spec: AssignmentSpec, run_name: str, run_dir: str | Path, report_to_tune: bool = False,
 ) -> None:
@@ -79,8 +94,12 @@ def fit_with_ray(
     """
     cfg = job.config
     init_ray(cfg)
-    pool = AssignmentPool(spec, cfg["assign"]["num_actors"], f"boxsup-{run_name}-{uuid.uuid4().hex[:6]}",
-                          cfg["assign"]["actor_cpus"])
+    pool: AssignmentPool | LocalAssignmentPool
+    if needs_actor_pool(cfg, spec, job.annotations):
+        pool = AssignmentPool(spec, cfg["assign"]["num_actors"], f"boxsup-{run_name}-{uuid.uuid4().hex[:6]}",
+                              cfg["assign"]["actor_cpus"])
+    else:  # one round of fixed labels: each worker labels its share in-process, no actors to start
+        pool = LocalAssignmentPool(spec)
     r = cfg["ray"]
     storage_path, storage_filesystem = open_location(run_dir).ray_storage("ray")  # checkpoints beside the run's files
     trainer = TorchTrainer(

@@ -40,7 +40,7 @@ from boxsup.errors import BoxSupError
 from boxsup.evaluation.evaluate import evaluate
 from boxsup.evaluation.figures import confusion_figure, label_evolution_figure
 from boxsup.evaluation.metrics import ConfusionMatrix
-from boxsup.models import build_model, parameter_groups
+from boxsup.models import build_model, on_device, parameter_groups
 from boxsup.trainers.artifacts import publish
 from boxsup.trainers.epoch import batch_log_probs, train_one_epoch
 from boxsup.trainers.faults import Fault, kill
@@ -62,26 +62,31 @@ class RoundSummary:
     skipped: Counter
     boxes: int
     chosen_cost_sum: float
-    confusions: dict[str, np.ndarray]  # "chosen" (the labels), "eo_best", "oracle": vs the audit images' masks
+    confusions: dict[str, np.ndarray]  # "chosen" (the painted labels), "eo_best", "oracle", "kept" (the
+    # painted labels off the void pixels): vs the audit images' masks
     diagnostics: ChoiceDiagnostics
     seconds: float
     cache_mb: float | None = None  # MiB the actors' pool caches hold after the round (rank 0 only)
 
     def metrics(self) -> dict[str, float | None]:
         """``pseudo_miou`` (the round's labels), ``pseudo_miou_eo_best`` / ``_oracle`` (the box's or the
-        best available choice, on the same images), the choice diagnostics, cost, skips and time."""
+        best available choice, on the same images), ``pseudo_miou_kept`` / ``void_share`` (with
+        ``assign.void_k``: the labels off the void pixels, the share painted void), the choice
+        diagnostics, cost, skips and time."""
         out: dict[str, float | None] = {}
         for name, matrix in self.confusions.items():
             confusion = ConfusionMatrix(len(matrix))
             confusion.matrix = matrix.astype(np.int64)
             out["pseudo_miou" if name == "chosen" else f"pseudo_miou_{name}"] = confusion.compute().miou if matrix.sum() else None
+        kept, painted = self.confusions["kept"].sum(), self.confusions["chosen"].sum()
+        out["void_share"] = 1.0 - kept / painted if kept else None  # only with assign.void_k
         return out | self.diagnostics.metrics() | {
             "mean_chosen_cost": self.chosen_cost_sum / max(self.boxes, 1),
             "skipped_images": float(sum(self.skipped.values())), "label_update_seconds": self.seconds,
             "assign_cache_mb": self.cache_mb}
 
 
-CONFUSIONS = ("chosen", "eo_best", "oracle")
+CONFUSIONS = ("chosen", "eo_best", "oracle", "kept")
 
 
 def summarize_round(ctx: WorkerContext, results: list, num_classes: int, started: float) -> tuple[RoundSummary, list[tuple[str, str | None]]]:
@@ -246,7 +251,7 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
     box_images = [a for a in annotations if a.supervision == Supervision.BOX]
     mask_images = [a for a in annotations if a.supervision == Supervision.MASK]
 
-    model = build_model(cfg["model"]["backbone"], train_data.num_classes, cfg["model"]["weights"]).to(ctx.device)
+    model = on_device(build_model(cfg["model"]["backbone"], train_data.num_classes, cfg["model"]["weights"]), ctx.device)
     optimizer = torch.optim.SGD(parameter_groups(model, t["lr"]), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t["lr_step"], gamma=t["lr_gamma"])
     start_epoch, label_round_index, labelled = 0, 0, []
