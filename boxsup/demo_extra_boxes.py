@@ -57,14 +57,14 @@ def run_extra_boxes_demo(config: str | Path, data_dir: Path, overrides: list[str
     if not (data_dir / "ImageSets" / "Segmentation" / "train.txt").is_file():
         print(f"writing the synthetic demo dataset to {data_dir}")
         generate_dataset(data_dir)
-    seed = load_config(config, [f"data.root={data_dir}", *(overrides or [])])["seed"]
-    masked, boxed = split_masked_and_boxed(data_dir, seed)
     coco_dir = data_dir.parent / f"{data_dir.name}-coco-boxes"
+    runs = extra_boxes_configs(config, data_dir, coco_dir, overrides)  # checked before any file is written
+    masked, boxed = split_masked_and_boxed(data_dir, runs[0][1]["seed"])
     if not (coco_dir / "annotations" / f"instances_{BOXED_SPLIT}.json").is_file():
         write_coco_copy(data_dir, coco_dir, [BOXED_SPLIT])
     print(f"{len(masked)} training images keep their masks; {len(boxed)} more have boxes only, read from {coco_dir}")
     results = []
-    for name, cfg in extra_boxes_configs(config, data_dir, coco_dir, overrides):
+    for name, cfg in runs:
         print(f"\n=== {name} ===", flush=True)
         started = time.perf_counter()
         results.append((name, run_boxsup(cfg), time.perf_counter() - started))

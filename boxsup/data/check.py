@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from boxsup.data.dataset import SegmentationDataset
+from boxsup.data.images import SkipCounts
 from boxsup.errors import BoxSupError
 
 
@@ -27,12 +28,7 @@ class SourceReport:
     with_masks: int = 0
     boxes: Counter = field(default_factory=Counter)  # run class name -> boxes
     dropped: Counter = field(default_factory=Counter)  # source class name -> objects dropped by the mapping
-    problems: Counter = field(default_factory=Counter)  # reason -> count
-    examples: dict[str, str] = field(default_factory=dict)  # reason -> one place it happened
-
-    def add_problem(self, reason: str, where: str) -> None:
-        self.problems[reason] += 1
-        self.examples.setdefault(reason, where)
+    problems: SkipCounts = field(default_factory=SkipCounts)  # reason -> count, and one place it happened
 
 
 def check_source(dataset: SegmentationDataset, role: str, decode: bool = False, progress: bool = True) -> SourceReport:
@@ -48,16 +44,14 @@ def check_source(dataset: SegmentationDataset, role: str, decode: bool = False, 
                     dataset.mask(image_id)
         except BoxSupError as exc:
             text = str(exc)
-            report.add_problem(_reason(text), text)
+            report.problems.add(_reason(text), text, quiet=True)
             continue
         report.usable += 1
         report.with_masks += int(ann.has_mask)
         report.boxes.update(names[b.label] for b in ann.boxes)
         if role == "train" and not ann.boxes and not ann.has_mask:
-            report.add_problem("no box and no mask (nothing to learn from)", str(dataset.image_path(image_id)))
-    for reason, count in dataset.skips.counts.items():
-        report.problems[reason] += count
-        report.examples.setdefault(reason, dataset.skips.examples.get(reason, ""))
+            report.problems.add("no box and no mask (nothing to learn from)", str(dataset.image_path(image_id)), quiet=True)
+    report.problems.merge(dataset.skips)
     mapping = getattr(dataset, "mapping", None)
     if mapping is not None:
         report.dropped.update(mapping.dropped)
@@ -75,7 +69,7 @@ def format_report(reports: list[SourceReport], classes: tuple[str, ...]) -> str:
     lines = ["| source | role | images | usable | with masks | boxes | problems |", "|---|---|---|---|---|---|---|"]
     for r in reports:
         lines.append(f"| {r.name} | {r.role} | {r.images} | {r.usable} | {r.with_masks} | {sum(r.boxes.values())} "
-                     f"| {sum(r.problems.values())} |")
+                     f"| {sum(r.problems.counts.values())} |")
     lines += ["", "| class | " + " | ".join(f"{r.name} ({r.role})" for r in reports) + " |",
               "|---|" + "---|" * len(reports)]
     for name in classes:
@@ -84,8 +78,8 @@ def format_report(reports: list[SourceReport], classes: tuple[str, ...]) -> str:
         if r.dropped:
             dropped = ", ".join(f"{name} {n}" for name, n in r.dropped.most_common())
             lines.append(f"\n{r.name}: objects of classes this run does not use, dropped: {dropped}")
-    problems = [(r, reason, n) for r in reports for reason, n in r.problems.most_common()]
+    problems = [(r, reason, n) for r in reports for reason, n in r.problems.counts.most_common()]
     lines.append("\nproblems:" if problems else "\nno problems found")
     for r, reason, n in problems:
-        lines.append(f"  {r.name}: {n} x {reason}; e.g. {r.examples.get(reason, '')}")
+        lines.append(f"  {r.name}: {n} x {reason}; e.g. {r.problems.examples.get(reason, '')}")
     return "\n".join(lines)

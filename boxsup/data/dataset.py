@@ -44,14 +44,6 @@ class SegmentationDataset(ABC):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __contains__(self, image_id: str) -> bool:
-        return image_id in self._id_set()
-
-    def _id_set(self) -> set[str]:
-        if getattr(self, "_ids_cache", None) is None or len(self._ids_cache) != len(self.ids):
-            self._ids_cache = set(self.ids)
-        return self._ids_cache
-
     @abstractmethod
     def image_path(self, image_id: str) -> Path:
         """Where the image's pixels are (for reading and for messages)."""

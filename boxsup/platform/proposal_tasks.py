@@ -30,7 +30,7 @@ from tqdm import tqdm
 from boxsup.data.dataset import SegmentationDataset
 from boxsup.data.sources import build_training_set
 from boxsup.errors import BoxSupError
-from boxsup.proposals.generate import BuildReport, generator, store_meta
+from boxsup.proposals.generate import NO_CANDIDATE, UNREADABLE, BuildReport, generator, prepare_store
 from boxsup.proposals.store import ProposalStore
 from boxsup.utils.storage import canonical
 
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 CHUNKS_PER_TASK = 4  # chunks per concurrent task: CPUs that finish early take more
 MAX_CHUNK = 64  # images per chunk at most: a lost worker redoes little, the bar moves often
 TASK_RETRIES = 2  # Ray's retries of a task whose worker died
-UNREADABLE = "unreadable image or annotation"  # the reason build_store gives
 
 
 @dataclass
@@ -82,7 +81,7 @@ class ClusterBuildReport(BuildReport):
     @property
     def processed(self) -> int:
         """Images a task worked on: made, or failed for good."""
-        return self.made + sum(n for why, n in self.skipped.items() if why != "no candidate")
+        return self.made + sum(n for why, n in self.skipped.items() if why != NO_CANDIDATE)
 
     def throughput_line(self) -> str:
         def rate(seconds: float) -> float:
@@ -129,7 +128,7 @@ def build_chunk(data: dict[str, Any], classes: tuple[str, ...], origin: dict[str
             report.count(reason, text)
             continue
         if pool.n_candidates == 0:
-            report.count("no candidate", f"{image_id}: no candidate segment produced")
+            report.count(NO_CANDIDATE, f"{image_id}: no candidate segment produced")
         store.save(image_id, pool)  # a store that cannot be written stops the build (BoxSupError)
         report.made += 1
     report.seconds, report.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -174,12 +173,9 @@ def build_store_on_ray(
     """
     if tasks is not None and tasks < 1:
         raise BoxSupError(f"--tasks: needs at least 1 task, got {tasks}")
-    meta = store_meta(dataset, method, max_candidates, seed)
-    store.check_origin(meta)
-    store.write_meta(meta)
+    stored = prepare_store(store, dataset, method, max_candidates, seed)
     generator(method, max_candidates, seed)  # an unknown method stops here, not in every task
     wanted = list(dict.fromkeys(dataset.ids if ids is None else ids))
-    stored = store.stored_ids()  # one listing, not a request per image (object stores)
     todo = [image_id for image_id in wanted if image_id not in stored]
     report = ClusterBuildReport(reused=len(wanted) - len(todo), tasks=tasks or cluster_cpus())
     queue = deque(chunks_of(todo, report.tasks, chunk_size))

@@ -53,6 +53,19 @@ def store_meta(dataset: SegmentationDataset, method: str, max_candidates: int, s
     return {"method": method, "max_candidates": max_candidates, "seed": seed, **dataset.origin()}
 
 
+UNREADABLE = "unreadable image or annotation"  # skip reasons of a build, in every builder's report
+NO_CANDIDATE = "no candidate"
+
+
+def prepare_store(store: ProposalStore, dataset: SegmentationDataset, method: str, max_candidates: int,
+                  seed: int) -> set[str]:
+    """Refuse a store made for other data or settings, record this build's meta.json; the ids it holds."""
+    meta = store_meta(dataset, method, max_candidates, seed)
+    store.check_origin(meta)
+    store.write_meta(meta)
+    return store.stored_ids()  # one listing, not a request per image (object stores)
+
+
 def build_store(
     dataset: SegmentationDataset,
     store: ProposalStore,
@@ -68,12 +81,9 @@ def build_store(
     for another dataset or split is refused rather than mixed. An image whose annotation or
     pixels cannot be read is left out, counted in the report and logged.
     """
-    meta = store_meta(dataset, method, max_candidates, seed)
-    store.check_origin(meta)
-    store.write_meta(meta)
+    stored = prepare_store(store, dataset, method, max_candidates, seed)
     make = generator(method, max_candidates, seed)
     report = BuildReport()
-    stored = store.stored_ids()  # one listing, not a request per image (object stores)
     for image_id in tqdm(dataset.ids if ids is None else ids, desc=f"proposals[{method}]", disable=not progress, unit="img"):
         if image_id in stored:
             report.reused += 1
@@ -81,11 +91,11 @@ def build_store(
         try:
             pool = make(dataset.image(image_id), dataset.annotation(image_id).boxes_array())
         except BoxSupError as exc:
-            report.skipped["unreadable image or annotation"] += 1
+            report.skipped[UNREADABLE] += 1
             log.warning("skipped %s", exc)
             continue
         if pool.n_candidates == 0:
-            report.skipped["no candidate"] += 1
+            report.skipped[NO_CANDIDATE] += 1
             log.warning("%s: no candidate segment produced; the image will be skipped in label updates", image_id)
         store.save(image_id, pool)
         report.made += 1

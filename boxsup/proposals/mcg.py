@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from boxsup.data.dataset import SegmentationDataset
 from boxsup.errors import BoxSupError
-from boxsup.proposals.generate import BuildReport, store_meta
+from boxsup.proposals.generate import NO_CANDIDATE, BuildReport, store_meta
 from boxsup.proposals.pool import CandidatePool
 from boxsup.proposals.store import ProposalStore
 
@@ -32,7 +32,6 @@ MISSING = "no .mat file"
 MALFORMED = "malformed .mat"
 SIZE = "superpixel map size differs from the image"
 UNREADABLE_IMAGE = "unreadable image"
-NO_CANDIDATE = "no candidate"
 LOGGED_MISSING = 5  # missing files logged one by one; the rest only counted
 
 
