@@ -32,6 +32,7 @@ from boxsup.models import normalize_image
 from boxsup.proposals.pool import split_atoms_by_boxes
 from boxsup.proposals.store import ProposalStore
 from boxsup.trainers.epoch import costs_from_log_probs
+from boxsup.utils.byte_cache import ByteBudgetCache
 
 
 @dataclass
@@ -81,30 +82,9 @@ class SplitAtoms:
         return (sums / np.maximum(self.areas, 1)[:, None]).astype(np.float16)
 
 
-class SplitAtomCache:
-    """Split atom maps kept on a worker across rounds, within ``max_bytes``.
-
-    Once full it keeps what it holds: each round visits the same images in the same order, where
-    least-recently-used eviction would drop every map just before its next use; keeping the first
-    ones makes the hit rate the fraction that fits. A map is 2 bytes per pixel of the boxes' hull
-    (375 KB for a whole VOC image).
-    """
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.nbytes = 0
-        self._maps: dict[str, SplitAtoms] = {}
-
-    def get(self, image_id: str) -> SplitAtoms | None:
-        return self._maps.get(image_id)
-
-    def put(self, image_id: str, split: SplitAtoms) -> None:
-        if image_id not in self._maps and self.nbytes + split.nbytes <= self.max_bytes:
-            self._maps[image_id] = split
-            self.nbytes += split.nbytes
-
-    def __len__(self) -> int:
-        return len(self._maps)
+class SplitAtomCache(ByteBudgetCache[SplitAtoms]):
+    """Split atom maps kept on a worker across rounds, within ``max_bytes`` (kept once full, see
+    ``ByteBudgetCache``). A map is 2 bytes per pixel of the boxes' hull (375 KB for a whole VOC image)."""
 
 
 @dataclass
