@@ -114,15 +114,82 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from boxsup.evaluation.evaluate import evaluate_checkpoint
+    from boxsup.config import crf_settings
 
     bad = [s for s in args.scales if not 0 < s < float("inf")]
     if bad:
         raise BoxSupError(f"--scales: every scale must be a finite number > 0, got {bad[0]:g}")
-    scores, names = evaluate_checkpoint(args.checkpoint, args.data, args.split, tuple(args.scales), args.crf)
-    print(f"mIoU {scores.miou:.4f}  pixel accuracy {scores.pixel_accuracy:.4f}")
-    for name, iou in zip(names, scores.class_iou):
-        print(f"  {name:<16} {iou:.4f}")
+    _check_eval_flags(args)
+    crf_settings(None, args.set, "--set")  # a bad --set stops here, before any checkpoint is read
+    if args.crf_search:
+        _eval_crf_search(args)
+    elif args.trimap:
+        _eval_trimap(args)
+    else:
+        _eval_plain(args)
+
+
+def _check_eval_flags(args: argparse.Namespace) -> None:
+    """Flags that belong to an analysis not asked for, or out of range: one line each."""
+    if args.crf_search and args.trimap:
+        raise BoxSupError("eval: --crf-search and --trimap are separate analyses; run one at a time")
+    if args.crf_search and (len(args.checkpoint) > 1 or args.crf):
+        raise BoxSupError("eval --crf-search: give one --checkpoint and no --crf (the search always runs the CRF)")
+    if not args.trimap and args.figure is not None:
+        raise BoxSupError("eval: --figure goes with --trimap")
+    if not args.crf_search and (args.grid or args.images is not None or args.workers is not None):
+        raise BoxSupError("eval: --grid, --images and --workers go with --crf-search")
+    for flag, values in (("--trimap", args.trimap or []), ("--images", [args.images] if args.images is not None else []),
+                         ("--workers", [args.workers] if args.workers is not None else [])):
+        if any(v < 1 for v in values):
+            raise BoxSupError(f"{flag}: must be whole numbers >= 1, got {min(values)}")
+
+
+def _eval_plain(args: argparse.Namespace) -> None:
+    from boxsup.evaluation.evaluate import evaluate, open_checkpoint
+
+    for path in args.checkpoint:
+        loaded = open_checkpoint(path, args.data, args.split, args.set)
+        if len(args.checkpoint) > 1:
+            print(f"{path}:")
+        if args.crf:
+            print(f"CRF: {loaded.crf_params.describe()}")
+        confusion = evaluate(loaded.model, loaded.dataset, loaded.device, tuple(args.scales), args.crf,
+                             crf_params=loaded.crf_params)
+        scores = confusion.compute()
+        print(f"mIoU {scores.miou:.4f}  pixel accuracy {scores.pixel_accuracy:.4f}")
+        for name, iou in zip(loaded.class_names, scores.class_iou):
+            print(f"  {name:<16} {iou:.4f}")
+
+
+def _eval_trimap(args: argparse.Namespace) -> None:
+    from boxsup.evaluation.evaluate import checkpoint_labels, evaluate_trimap, open_checkpoint
+    from boxsup.evaluation.figures import trimap_figure
+    from boxsup.evaluation.trimap import format_trimap_table
+
+    curves = {}
+    for path, label in zip(args.checkpoint, checkpoint_labels(args.checkpoint)):
+        loaded = open_checkpoint(path, args.data, args.split, args.set)
+        crf = f"; CRF {loaded.crf_params.describe()}" if args.crf else ""
+        confusion, trimap = evaluate_trimap(loaded.model, loaded.dataset, loaded.device, args.trimap, tuple(args.scales),
+                                            args.crf, loaded.crf_params)
+        scores = confusion.compute()
+        print(f"{label} ({path}): mIoU {scores.miou:.4f}  pixel accuracy {scores.pixel_accuracy:.4f}{crf}")
+        curves[label] = trimap.compute()
+    print(format_trimap_table(curves))
+    figure = args.figure or "trimap.png"
+    trimap_figure(curves, figure)
+    print(f"wrote {figure}")
+
+
+def _eval_crf_search(args: argparse.Namespace) -> None:
+    from boxsup.evaluation.crf_search import format_search, parse_grid, search_checkpoint
+    from boxsup.evaluation.evaluate import open_checkpoint
+
+    grid = parse_grid(args.grid) if args.grid else None
+    loaded = open_checkpoint(args.checkpoint[0], args.data, args.split, args.set)
+    result = search_checkpoint(loaded, grid, tuple(args.scales), args.images, args.workers or 1)
+    print(format_search(result, f"CRF search for {args.checkpoint[0]} on {args.split}"))
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
@@ -233,12 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(train, "override config keys")
     train.set_defaults(func=_cmd_train)
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint on a labelled split")
-    ev.add_argument("--checkpoint", required=True)
+    ev = sub.add_parser("eval", help="evaluate checkpoints on a labelled split; trimap and CRF-search analyses",
+                        description="Scores per class; --trimap: boundary vs interior mIoU by band width (Fig. 4); "
+                                    "--crf-search: grid-search the dense CRF's parameters (docs/analyses.md)")
+    ev.add_argument("--checkpoint", required=True, nargs="+", metavar="CHECKPOINT",
+                    help="one or several checkpoint.pt (paths or URIs); --crf-search takes one")
     ev.add_argument("--data", required=True)
     ev.add_argument("--split", default="val")
     ev.add_argument("--scales", type=float, nargs="+", default=[1.0])
-    ev.add_argument("--crf", action="store_true")
+    ev.add_argument("--crf", action="store_true", help="refine with the dense CRF (its parameters: eval.crf_params "
+                                                       "of the checkpoint's config, else DeepLab's, then --set)")
+    _add_set(ev, "override eval.crf_params.* keys, e.g. --set eval.crf_params.bi_w=5")
+    ev.add_argument("--trimap", type=int, nargs="+", metavar="PX",
+                    help="boundary and interior mIoU in bands of these widths around GT boundaries, e.g. 1 3 5 10 20 40")
+    ev.add_argument("--figure", help="with --trimap: the figure, mIoU against band width (default trimap.png)")
+    ev.add_argument("--crf-search", action="store_true",
+                    help="grid-search the CRF's parameters on --split (hold it out of training); prints the best")
+    ev.add_argument("--grid", action="extend", nargs="+", metavar="NAME=V1,V2",
+                    help="with --crf-search: the grid (default bi_w=3,4,5 bi_xy_std=50,80,121 bi_rgb_std=3,5,10)")
+    ev.add_argument("--images", type=int, help="with --crf-search: only the first N images with masks (DeepLab: 100)")
+    ev.add_argument("--workers", type=int, help="with --crf-search: processes running the CRF (default 1)")
     ev.set_defaults(func=_cmd_eval)
 
     sweep = sub.add_parser("sweep", help="a Ray Tune sweep: every trial a whole run, all in one MLflow experiment")

@@ -78,6 +78,14 @@ DEFAULTS: dict[str, Any] = {
     },
     "eval": {
         "crf": False,
+        "crf_params": {  # the dense CRF's kernels: DeepLab-LargeFOV's VOC values (boxsup/evaluation/crf.py)
+            "bi_w": 4.0,  # bilateral kernel weight (w1)
+            "bi_xy_std": 121.0,  # its spatial std (theta_alpha), px at a 500 px long side: scaled to each image
+            "bi_rgb_std": 5.0,  # its colour std (theta_beta)
+            "pos_w": 3.0,  # Gaussian (smoothness) kernel weight (w2)
+            "pos_xy_std": 3.0,  # its spatial std in px (theta_gamma)
+            "iterations": 5,  # mean-field iterations (DeepLab: 10; 5 are nearly converged)
+        },
         "scales": [1.0],
         "every": 1,  # evaluate on val every N epochs (and always after the last)
     },
@@ -154,7 +162,8 @@ FRACTION = Range(0, 1)
 BOUNDS: dict[str, Range] = {
     **dict.fromkeys(("assign.num_actors", "assign.actor_cpus", "ray.cpus_per_worker",
                      "assign.warmup_epochs", "train.epochs", "train.batch_size", "train.lr", "train.lr_step",
-                     "assign.k", "data.crop_size", "proposals.max_candidates", "eval.every", "eval.scales"), POSITIVE),
+                     "assign.k", "data.crop_size", "proposals.max_candidates", "eval.every", "eval.scales",
+                     *(f"eval.crf_params.{name}" for name in DEFAULTS["eval"]["crf_params"])), POSITIVE),
     **dict.fromkeys(("seed", "assign.lam", "train.weight_decay", "train.num_threads", "train.loader_workers",
                      "train.label_cache_mb", "ray.num_workers", "ray.max_failures"), NON_NEGATIVE),
     "train.momentum": Range(0, 1, high_open=True),
@@ -368,6 +377,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         given[key] = f"--set {text}"
     check_data_section(cfg, given)
     return cfg
+
+
+def crf_settings(saved: dict[str, Any] | None, overrides: list[str], source: str) -> dict[str, Any]:
+    """The ``eval.crf_params`` that ``boxsup eval`` uses: the defaults, then those of a checkpoint's saved
+    config ``saved`` (``source`` names it; an older one without them keeps the defaults), then ``--set``
+    overrides, which may name only ``eval.crf_params.*`` keys. Every value validated."""
+    cfg = copy.deepcopy(DEFAULTS)
+    section = saved.get("eval") if isinstance(saved, dict) else None
+    params = section.get("crf_params") if isinstance(section, dict) else None
+    if params is not None and not isinstance(params, dict):
+        raise BoxSupError(f"{source}: config key eval.crf_params: expected a mapping, got {params!r}")
+    for key, value in (params or {}).items():
+        set_key(cfg, f"eval.crf_params.{key}", value, source)
+    for text in overrides:
+        key, value = parse_override(text)
+        if not key.startswith("eval.crf_params."):
+            raise BoxSupError(f"--set {text}: boxsup eval takes only eval.crf_params.* keys (the rest are its flags)")
+        set_key(cfg, key, value, f"--set {text}")
+    return cfg["eval"]["crf_params"]
 
 
 def check_data_section(cfg: dict[str, Any], given: dict[str, str]) -> None:

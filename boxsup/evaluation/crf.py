@@ -2,43 +2,69 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any
+
 import numpy as np
 import pydensecrf.densecrf as dcrf
 
-# DeepLab-LargeFOV's cross-validated bilateral spatial std, for PASCAL VOC images (~500 px long side).
-_DEEPLAB_BI_SXY = 121.0
-_DEEPLAB_IMAGE_SIZE = 500.0
+from boxsup.config import DEFAULTS
+
+# DeepLab-LargeFOV cross-validated its bilateral spatial std on PASCAL VOC images (~500 px long side).
+REFERENCE_SIZE = 500.0
 _MIN_PROB = 1e-8
 
 
-def dense_crf(
-    image: np.ndarray,
-    probs: np.ndarray,
-    iterations: int = 5,
-    pos_sxy: float = 3.0,
-    pos_compat: float = 3.0,
-    bi_sxy: float | None = None,
-    bi_srgb: float = 5.0,
-    bi_compat: float = 4.0,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class CRFParams:
+    """The dense CRF's kernels, named as in DeepLab's prototxt (the paper's symbols in brackets).
+
+    Defaults (``eval.crf_params`` in config.DEFAULTS) are DeepLab-LargeFOV's published PASCAL VOC
+    values (Chen et al., ICLR 2015): bilateral kernel weight 4 (w1), spatial std 121 px (theta_alpha),
+    colour std 5 (theta_beta); Gaussian kernel weight 3 (w2), std 3 px (theta_gamma). ``bi_xy_std``
+    is given at VOC scale and scaled to each image's longer side (``bi_xy_std * max(H, W) / 500``), so
+    it means the same on small images. DeepLab ran 10 mean-field iterations; 5 are nearly converged
+    and twice as fast.
+    """
+
+    bi_w: float = DEFAULTS["eval"]["crf_params"]["bi_w"]
+    bi_xy_std: float = DEFAULTS["eval"]["crf_params"]["bi_xy_std"]
+    bi_rgb_std: float = DEFAULTS["eval"]["crf_params"]["bi_rgb_std"]
+    pos_w: float = DEFAULTS["eval"]["crf_params"]["pos_w"]
+    pos_xy_std: float = DEFAULTS["eval"]["crf_params"]["pos_xy_std"]
+    iterations: int = DEFAULTS["eval"]["crf_params"]["iterations"]
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> CRFParams:
+        """From a config's (already validated) ``eval.crf_params`` mapping; missing keys keep their default."""
+        return cls(**{key: value for key, value in settings.items() if key in cls.__dataclass_fields__})
+
+    def settings(self) -> dict[str, Any]:
+        """As the ``eval.crf_params`` mapping of a config."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line: ``bi_w=4 bi_xy_std=121 ...``."""
+        return " ".join(f"{key}={value:g}" for key, value in self.settings().items())
+
+
+def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams | None = None) -> np.ndarray:
     """Refine class probabilities (C, H, W) of an RGB uint8 image (H, W, 3) with mean-field inference.
 
-    Defaults are DeepLab-LargeFOV's: Gaussian kernel w=3, std 3 px; bilateral kernel w=4, colour std 5,
-    spatial std 121 px at VOC scale. ``bi_sxy=None`` scales that 121 px to this image's longer side
-    (121 * max(H, W) / 500). DeepLab ran 10 iterations; 5 are nearly converged and twice as fast.
+    ``params`` defaults to :class:`CRFParams` (DeepLab-LargeFOV's values, 5 iterations).
     Returns refined probabilities (C, H, W), float32, summing to 1 per pixel.
     """
+    params = params or CRFParams()
     num_classes, height, width = probs.shape
     if image.shape != (height, width, 3):
         raise ValueError(f"image shape {image.shape} does not match probabilities {probs.shape}")
-    if bi_sxy is None:
-        bi_sxy = _DEEPLAB_BI_SXY * max(height, width) / _DEEPLAB_IMAGE_SIZE
+    bi_sxy = params.bi_xy_std * max(height, width) / REFERENCE_SIZE
     crf = dcrf.DenseCRF2D(width, height, num_classes)
     crf.setUnaryEnergy(_unary(probs))
-    crf.addPairwiseGaussian(sxy=pos_sxy, compat=pos_compat)
-    rgb = np.ascontiguousarray(image, dtype=np.uint8)
-    crf.addPairwiseBilateral(sxy=bi_sxy, srgb=bi_srgb, rgbim=rgb, compat=bi_compat)
-    refined = np.asarray(crf.inference(iterations), dtype=np.float32)
+    crf.addPairwiseGaussian(sxy=params.pos_xy_std, compat=params.pos_w)
+    rgb = np.require(image, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])  # decoded images may be read-only views
+    crf.addPairwiseBilateral(sxy=bi_sxy, srgb=params.bi_rgb_std, rgbim=rgb, compat=params.bi_w)
+    refined = np.asarray(crf.inference(params.iterations), dtype=np.float32)
     return refined.reshape(num_classes, height, width)
 
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from boxsup.config import read_class_file
+from boxsup.config import crf_settings, read_class_file
 from boxsup.data.dataset import SegmentationDataset
 from boxsup.data.voc import VOCDataset
 from boxsup.errors import BoxSupError
+from boxsup.evaluation.crf import CRFParams
 from boxsup.evaluation.inference import predict_label_map
 from boxsup.evaluation.metrics import ConfusionMatrix, SegmentationScores
+from boxsup.evaluation.trimap import TrimapConfusion
 from boxsup.models import BACKBONES, build_model, fit_problem, load_tensor_file, on_device
 from boxsup.utils.storage import read_file
 
@@ -27,22 +31,58 @@ def evaluate(
     crf: bool = False,
     progress: bool = True,
     ids: list[str] | None = None,
+    crf_params: CRFParams | None = None,
 ) -> ConfusionMatrix:
     """Confusion matrix of the model's predictions against the GT masks of ``dataset`` (or ``ids``).
 
     Images without a mask cannot be scored and are left out.
     """
     confusion = ConfusionMatrix(dataset.num_classes)
+    for prediction, mask in _predictions(model, dataset, device, scales, crf, crf_params, progress, ids):
+        confusion.update(prediction, mask)
+    return confusion
+
+
+def evaluate_trimap(
+    model: torch.nn.Module,
+    dataset: SegmentationDataset,
+    device: torch.device,
+    widths: Sequence[int],
+    scales: tuple[float, ...] = (1.0,),
+    crf: bool = False,
+    crf_params: CRFParams | None = None,
+    progress: bool = True,
+) -> tuple[ConfusionMatrix, TrimapConfusion]:
+    """Like :func:`evaluate`, plus boundary/interior confusion matrices for every band width in ``widths``,
+    all scored from each image's one prediction."""
+    confusion = ConfusionMatrix(dataset.num_classes)
+    trimap = TrimapConfusion(dataset.num_classes, widths)
+    for prediction, mask in _predictions(model, dataset, device, scales, crf, crf_params, progress, None):
+        confusion.update(prediction, mask)
+        trimap.update(prediction, mask)
+    return confusion, trimap
+
+
+def _predictions(
+    model: torch.nn.Module, dataset: SegmentationDataset, device: torch.device, scales: tuple[float, ...], crf: bool,
+    crf_params: CRFParams | None, progress: bool, ids: list[str] | None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(prediction, GT mask) of every image of ``ids`` (default: the split) that has a mask."""
     for image_id in tqdm(dataset.ids if ids is None else ids, desc="eval", leave=False, disable=not progress, unit="img"):
         mask = dataset.mask(image_id)
         if mask is None:
             continue
-        prediction = predict_label_map(model, dataset.image(image_id), scales=scales, crf=crf, device=device)
-        if prediction.shape != mask.shape:
-            raise BoxSupError(f"{dataset.mask_path(image_id)}: mask is {mask.shape[1]}x{mask.shape[0]} but the image "
-                              f"(and its prediction) is {prediction.shape[1]}x{prediction.shape[0]}")
-        confusion.update(prediction, mask)
-    return confusion
+        prediction = predict_label_map(model, dataset.image(image_id), scales=scales, crf=crf, device=device,
+                                       crf_params=crf_params)
+        check_prediction_size(dataset, image_id, prediction.shape, mask)
+        yield prediction, mask
+
+
+def check_prediction_size(dataset: SegmentationDataset, image_id: str, shape: tuple[int, ...], mask: np.ndarray) -> None:
+    """A mask of another size than its image (hence the prediction) is the dataset's fault: one line naming it."""
+    if shape[-2:] != mask.shape:
+        raise BoxSupError(f"{dataset.mask_path(image_id)}: mask is {mask.shape[1]}x{mask.shape[0]} but the image "
+                          f"(and its prediction) is {shape[-1]}x{shape[-2]}")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -82,14 +122,29 @@ def _check_dataset_classes(checkpoint: str | Path, classes: tuple[str, ...], roo
                           f"lists {', '.join(listed)}")
 
 
-def evaluate_checkpoint(
-    checkpoint: str | Path, root: str | Path, split: str, scales: tuple[float, ...] = (1.0,), crf: bool = False
-) -> tuple[SegmentationScores, list[str]]:
-    """Scores of a saved model on ``root``'s ``split``; the class list comes from the checkpoint.
+@dataclass
+class CheckpointModel:
+    """A saved model ready to evaluate on a split: its network, the dataset, and its CRF settings."""
 
-    A dataset with a ``classes.txt`` must list the same classes.
+    path: str
+    model: torch.nn.Module
+    dataset: VOCDataset
+    device: torch.device
+    crf_params: CRFParams
+
+    @property
+    def class_names(self) -> list[str]:
+        return ["background", *self.dataset.classes]
+
+
+def open_checkpoint(checkpoint: str | Path, root: str | Path, split: str, crf_overrides: Sequence[str] = ()) -> CheckpointModel:
+    """Load ``checkpoint`` for ``root``'s ``split``; the class list comes from the checkpoint.
+
+    A dataset with a ``classes.txt`` must list the same classes. The CRF settings are the checkpoint
+    config's ``eval.crf_params`` (defaults where it has none), then ``crf_overrides`` (``--set`` texts).
     """
     state = load_checkpoint(checkpoint)
+    crf_params = CRFParams.from_settings(crf_settings(state["config"], list(crf_overrides), f"{checkpoint} (its config)"))
     classes = tuple(state["classes"])
     _check_dataset_classes(checkpoint, classes, Path(root))
     dataset = VOCDataset(root, split, classes)
@@ -100,5 +155,24 @@ def evaluate_checkpoint(
         raise BoxSupError(f"{checkpoint}: its weights do not fit a {backbone} model for {len(classes)} classes: {problem}")
     model.load_state_dict(state["model"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    confusion = evaluate(on_device(model, device), dataset, device, scales, crf)
-    return confusion.compute(), ["background", *classes]
+    return CheckpointModel(str(checkpoint), on_device(model, device), dataset, device, crf_params)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, root: str | Path, split: str, scales: tuple[float, ...] = (1.0,), crf: bool = False,
+    crf_overrides: Sequence[str] = (),
+) -> tuple[SegmentationScores, list[str]]:
+    """Scores of a saved model on ``root``'s ``split`` (see :func:`open_checkpoint`), and the class names."""
+    loaded = open_checkpoint(checkpoint, root, split, crf_overrides)
+    confusion = evaluate(loaded.model, loaded.dataset, loaded.device, scales, crf, crf_params=loaded.crf_params)
+    return confusion.compute(), loaded.class_names
+
+
+def checkpoint_labels(paths: Sequence[str | Path]) -> list[str]:
+    """Short names for checkpoints in tables and figures: the run directory of a ``checkpoint.pt``, else the
+    file's stem; names that would repeat get their position appended."""
+    names = []
+    for path in paths:
+        pure = PurePosixPath(str(path).rstrip("/"))  # a local path or a URI (s3://bucket/runs/<run>/checkpoint.pt)
+        names.append((pure.parent.name or pure.stem) if pure.name == "checkpoint.pt" else pure.stem)
+    return [f"{name} ({i + 1})" if names.count(name) > 1 else name for i, name in enumerate(names)]

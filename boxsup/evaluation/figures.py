@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -12,6 +13,9 @@ import numpy as np  # noqa: E402
 
 from boxsup.data.voc import voc_palette  # noqa: E402
 from boxsup.utils.files import atomic_path  # noqa: E402
+
+if TYPE_CHECKING:
+    from boxsup.evaluation.trimap import TrimapScores
 
 _PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
 
@@ -60,4 +64,21 @@ def label_evolution_figure(rows: list[tuple[str, np.ndarray, np.ndarray | None, 
             if c < len(panels) and panels[c][1] is not None:
                 ax.imshow(panels[c][1])
                 ax.set_title(panels[c][0], fontsize=8)
+    _save(fig, path)
+
+
+def trimap_figure(curves: dict[str, list[TrimapScores]], path: str | Path) -> None:
+    """Mean IoU against trimap band width, one colour per model: interior solid, boundary dashed (Fig. 4)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for index, (label, scores) in enumerate(curves.items()):
+        colour = f"C{index % 10}"
+        widths = [s.width for s in scores]
+        ax.plot(widths, [s.interior.miou for s in scores], "-o", color=colour, markersize=4, label=f"{label} interior")
+        ax.plot(widths, [s.boundary.miou for s in scores], "--s", color=colour, markersize=4, label=f"{label} boundary")
+    ax.set_xticks(sorted({s.width for scores in curves.values() for s in scores}))
+    ax.set_xlabel("trimap band width (px)")
+    ax.set_ylabel("mean IoU")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     _save(fig, path)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from boxsup.evaluation.crf import dense_crf
+from boxsup.evaluation.crf import CRFParams, dense_crf
 from boxsup.models.fcn import normalize_image
 
 MULTI_SCALE = (0.8, 1.0, 1.2)
@@ -42,11 +42,13 @@ def predict_label_map(
     scales: Sequence[float] = (1.0,),
     crf: bool = False,
     device: str | torch.device = "cpu",
+    crf_params: CRFParams | None = None,
 ) -> np.ndarray:
-    """Label map (H, W) uint8: argmax of :func:`predict_probs`, refined by :func:`dense_crf` if ``crf``."""
+    """Label map (H, W) uint8: argmax of :func:`predict_probs`, refined by :func:`dense_crf` if ``crf``
+    (with ``crf_params``, default DeepLab's)."""
     probs = predict_probs(model, image, scales, device)
     if crf:
-        probs = dense_crf(image, probs)
+        probs = dense_crf(image, probs, crf_params)
     return probs.argmax(axis=0).astype(np.uint8)
 
 

@@ -37,6 +37,7 @@ from boxsup.data.label_store import LabelStore
 from boxsup.data.dataset import SegmentationDataset
 from boxsup.data.sources import build_datasets
 from boxsup.errors import BoxSupError
+from boxsup.evaluation.crf import CRFParams
 from boxsup.evaluation.evaluate import evaluate
 from boxsup.evaluation.figures import confusion_figure, label_evolution_figure
 from boxsup.evaluation.metrics import ConfusionMatrix
@@ -162,8 +163,9 @@ def label_round(
 def distributed_evaluate(ctx: WorkerContext, model: torch.nn.Module, dataset: SegmentationDataset, cfg: dict,
                          progress: bool) -> ConfusionMatrix:
     """Every worker scores its share of the split; the confusion matrices are summed."""
+    crf_params = CRFParams.from_settings(cfg["eval"].get("crf_params", {}))  # a run resumed from before the keys: defaults
     confusion = evaluate(model, dataset, ctx.device, tuple(cfg["eval"]["scales"]), cfg["eval"]["crf"], progress,
-                         ids=dataset.ids[ctx.rank :: ctx.world])
+                         ids=dataset.ids[ctx.rank :: ctx.world], crf_params=crf_params)
     confusion.matrix = ctx.all_reduce(confusion.matrix).astype(np.int64)
     return confusion
 
