@@ -68,8 +68,16 @@ class TrimapConfusion:
         for width in self.widths:
             in_band, outside = self.band[width].matrix.sum(), self.interior[width].matrix.sum()
             fraction = float(in_band / (in_band + outside)) if in_band + outside else 0.0
-            scores.append(TrimapScores(width, self.band[width].compute(), self.interior[width].compute(), fraction))
+            scores.append(TrimapScores(width, _scores_or_nan(self.band[width]), _scores_or_nan(self.interior[width]), fraction))
         return scores
+
+
+def _scores_or_nan(confusion: ConfusionMatrix) -> SegmentationScores:
+    """The matrix's scores; NaN (shown as "nan", not a misleading 0) when no pixel fell in it, e.g. the
+    interior of a small image at a wide band."""
+    if confusion.matrix.sum():
+        return confusion.compute()
+    return SegmentationScores(float("nan"), float("nan"), np.full(confusion.num_classes, np.nan))
 
 
 def format_trimap_table(curves: dict[str, list[TrimapScores]]) -> str:
