@@ -120,13 +120,30 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     if bad:
         raise BoxSupError(f"--scales: every scale must be a finite number > 0, got {bad[0]:g}")
     _check_eval_flags(args)
-    crf_settings(None, args.set, "--set")  # a bad --set stops here, before any checkpoint is read
+    args.eval_data, args.crf_set = _eval_data(args)
+    crf_settings(None, args.crf_set, "--set")  # a bad --set stops here, before any checkpoint is read
     if args.crf_search:
         _eval_crf_search(args)
     elif args.trimap:
         _eval_trimap(args)
     else:
         _eval_plain(args)
+
+
+def _eval_data(args: argparse.Namespace):
+    """The split to score (``--data``/``--split``, or ``--config``'s ``data.val``) and the ``--set`` texts
+    for the CRF; other ``--set`` keys change the config and need ``--config``."""
+    from boxsup.evaluation.evaluate import EvalData
+
+    crf = [text for text in args.set if text.startswith("eval.crf_params.")]
+    others = tuple(text for text in args.set if text not in crf)
+    if args.config is None:
+        if others:
+            raise BoxSupError(f"--set {others[0]}: without --config, boxsup eval takes only eval.crf_params.* keys")
+        return EvalData(args.data, args.split or "val"), crf
+    if args.split is not None:
+        raise BoxSupError("eval --config: the split is the config's data.val; change it with --set data.val.split=NAME")
+    return EvalData(config=args.config, overrides=others), crf
 
 
 def _check_eval_flags(args: argparse.Namespace) -> None:
@@ -149,7 +166,7 @@ def _eval_plain(args: argparse.Namespace) -> None:
     from boxsup.evaluation.evaluate import evaluate, open_checkpoint
 
     for path in args.checkpoint:
-        loaded = open_checkpoint(path, args.data, args.split, args.set)
+        loaded = open_checkpoint(path, args.eval_data, args.crf_set)
         if len(args.checkpoint) > 1:
             print(f"{path}:")
         if args.crf:
@@ -169,7 +186,7 @@ def _eval_trimap(args: argparse.Namespace) -> None:
 
     curves = {}
     for path, label in zip(args.checkpoint, checkpoint_labels(args.checkpoint)):
-        loaded = open_checkpoint(path, args.data, args.split, args.set)
+        loaded = open_checkpoint(path, args.eval_data, args.crf_set)
         crf = f"; CRF {loaded.crf_params.describe()}" if args.crf else ""
         confusion, trimap = evaluate_trimap(loaded.model, loaded.dataset, loaded.device, args.trimap, tuple(args.scales),
                                             args.crf, loaded.crf_params)
@@ -187,9 +204,10 @@ def _eval_crf_search(args: argparse.Namespace) -> None:
     from boxsup.evaluation.evaluate import open_checkpoint
 
     grid = parse_grid(args.grid) if args.grid else None
-    loaded = open_checkpoint(args.checkpoint[0], args.data, args.split, args.set)
+    loaded = open_checkpoint(args.checkpoint[0], args.eval_data, args.crf_set)
     result = search_checkpoint(loaded, grid, tuple(args.scales), args.images, args.workers or 1)
-    print(format_search(result, f"CRF search for {args.checkpoint[0]} on {args.split}"))
+    split = f"{args.config}'s data.val" if args.config else args.eval_data.split
+    print(format_search(result, f"CRF search for {args.checkpoint[0]} on {split}"))
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
@@ -305,12 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--crf-search: grid-search the dense CRF's parameters (docs/analyses.md)")
     ev.add_argument("--checkpoint", required=True, nargs="+", metavar="CHECKPOINT",
                     help="one or several checkpoint.pt (paths or URIs); --crf-search takes one")
-    ev.add_argument("--data", required=True)
-    ev.add_argument("--split", default="val")
+    where = ev.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data", help="a dataset root in the VOC layout (with --split, default val)")
+    where.add_argument("--config", help="a run config: score on its data.val source, any format (COCO, SBD, ...)")
+    ev.add_argument("--split", help="with --data: the split (default val)")
     ev.add_argument("--scales", type=float, nargs="+", default=[1.0])
     ev.add_argument("--crf", action="store_true", help="refine with the dense CRF (its parameters: eval.crf_params "
                                                        "of the checkpoint's config, else DeepLab's, then --set)")
-    _add_set(ev, "override eval.crf_params.* keys, e.g. --set eval.crf_params.bi_w=5")
+    _add_set(ev, "override eval.crf_params.* keys, e.g. --set eval.crf_params.bi_w=5; with --config, any config key")
     ev.add_argument("--trimap", type=int, nargs="+", metavar="PX",
                     help="boundary and interior mIoU in bands of these widths around GT boundaries, e.g. 1 3 5 10 20 40")
     ev.add_argument("--figure", help="with --trimap: the figure, mIoU against band width (default trimap.png)")

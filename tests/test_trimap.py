@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from boxsup.cli import main
 from boxsup.config import load_config
@@ -166,3 +167,30 @@ def test_eval_flag_mistakes_are_one_line_errors(data, tmp_path, capsys, extra, m
     assert main(argv) == 2  # refused before the (missing) checkpoint is read
     err = capsys.readouterr().err
     assert err.startswith("boxsup: error: ") and message in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- boxsup eval --config (any format)
+
+
+def test_eval_scores_a_configs_coco_val_source_as_its_voc_original(data, tmp_path, capsys) -> None:
+    from boxsup.data.to_coco import write_coco_copy
+
+    coco = tmp_path / "coco"
+    write_coco_copy(data, coco, classes=DEMO_CLASSES)
+    source = {"name": "coco", "format": "coco", "root": str(coco), "annotations": "annotations/instances_{}.json",
+              "images": "{}", "supervision": "box"}
+    config = tmp_path / "coco.yaml"
+    config.write_text(yaml.safe_dump({"data": {"classes": list(DEMO_CLASSES),
+                                               "sources": [source | {"annotations": "annotations/instances_train.json",
+                                                                     "images": "train"}],
+                                               "val": source | {"annotations": "annotations/instances_val.json",
+                                                                "images": "val", "supervision": "mask"}}}))
+    a = checkpoint(tmp_path / "run" / "checkpoint.pt", data, 0)
+    assert main(["eval", "--checkpoint", a, "--data", str(data)]) == 0
+    from_voc = capsys.readouterr().out
+    assert main(["eval", "--checkpoint", a, "--config", str(config)]) == 0
+    assert capsys.readouterr().out == from_voc  # the same images and masks, read from COCO JSON by pycocotools
+    assert main(["eval", "--checkpoint", a, "--config", str(config), "--split", "val"]) == 2
+    assert "the split is the config's data.val; change it with --set data.val.split" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", a, "--data", str(data), "--set", "data.val.split=x"]) == 2
+    assert "without --config, boxsup eval takes only eval.crf_params.* keys" in capsys.readouterr().err

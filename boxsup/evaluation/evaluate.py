@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from boxsup.config import crf_settings, read_class_file
+from boxsup.config import crf_settings, load_config, read_class_file, resolve_classes
 from boxsup.data.dataset import SegmentationDataset
+from boxsup.data.sources import open_source, source_specs
 from boxsup.data.voc import VOCDataset
 from boxsup.errors import BoxSupError
 from boxsup.evaluation.crf import CRFParams
@@ -128,7 +129,7 @@ class CheckpointModel:
 
     path: str
     model: torch.nn.Module
-    dataset: VOCDataset
+    dataset: SegmentationDataset
     device: torch.device
     crf_params: CRFParams
 
@@ -137,17 +138,40 @@ class CheckpointModel:
         return ["background", *self.dataset.classes]
 
 
-def open_checkpoint(checkpoint: str | Path, root: str | Path, split: str, crf_overrides: Sequence[str] = ()) -> CheckpointModel:
-    """Load ``checkpoint`` for ``root``'s ``split``; the class list comes from the checkpoint.
+@dataclass(frozen=True)
+class EvalData:
+    """The labelled split a saved model is scored on: ``root``'s ``split`` in the VOC layout, or the
+    ``data.val`` source of the run config ``config`` (any format: COCO, SBD, PASCAL-CONTEXT...), with
+    ``overrides`` (``--set KEY=VALUE`` texts) applied to that config."""
 
-    A dataset with a ``classes.txt`` must list the same classes. The CRF settings are the checkpoint
-    config's ``eval.crf_params`` (defaults where it has none), then ``crf_overrides`` (``--set`` texts).
+    root: str | Path | None = None
+    split: str = "val"
+    config: str | Path | None = None
+    overrides: tuple[str, ...] = ()
+
+    def open(self, checkpoint: str | Path, classes: tuple[str, ...]) -> SegmentationDataset:
+        """The split's reader for a model trained on ``classes``; a class list that differs is one line."""
+        if self.config is None:
+            _check_dataset_classes(checkpoint, classes, Path(self.root))
+            return VOCDataset(self.root, self.split, classes)
+        cfg = load_config(self.config, list(self.overrides))
+        configured = resolve_classes(cfg)
+        if configured != classes:
+            raise BoxSupError(f"{checkpoint}: the model was trained for classes {', '.join(classes)} but {self.config} "
+                              f"resolves to {', '.join(configured)}")
+        return open_source(source_specs(cfg["data"])[1], classes)
+
+
+def open_checkpoint(checkpoint: str | Path, data: EvalData, crf_overrides: Sequence[str] = ()) -> CheckpointModel:
+    """Load ``checkpoint`` for the split ``data`` names; the class list comes from the checkpoint.
+
+    A dataset with a ``classes.txt`` (or a config) must give the same classes. The CRF settings are the
+    checkpoint config's ``eval.crf_params`` (defaults where it has none), then ``crf_overrides`` (``--set`` texts).
     """
     state = load_checkpoint(checkpoint)
     crf_params = CRFParams.from_settings(crf_settings(state["config"], list(crf_overrides), f"{checkpoint} (its config)"))
     classes = tuple(state["classes"])
-    _check_dataset_classes(checkpoint, classes, Path(root))
-    dataset = VOCDataset(root, split, classes)
+    dataset = data.open(checkpoint, classes)
     backbone = state["config"]["model"]["backbone"]
     model = build_model(backbone, dataset.num_classes, "none")
     problem = fit_problem(model, state["model"])
@@ -163,7 +187,7 @@ def evaluate_checkpoint(
     crf_overrides: Sequence[str] = (),
 ) -> tuple[SegmentationScores, list[str]]:
     """Scores of a saved model on ``root``'s ``split`` (see :func:`open_checkpoint`), and the class names."""
-    loaded = open_checkpoint(checkpoint, root, split, crf_overrides)
+    loaded = open_checkpoint(checkpoint, EvalData(root, split), crf_overrides)
     confusion = evaluate(loaded.model, loaded.dataset, loaded.device, scales, crf, crf_params=loaded.crf_params)
     return confusion.compute(), loaded.class_names
 
