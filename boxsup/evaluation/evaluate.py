@@ -15,7 +15,7 @@ from boxsup.data.voc import VOCDataset
 from boxsup.errors import BoxSupError
 from boxsup.evaluation.inference import predict_label_map
 from boxsup.evaluation.metrics import ConfusionMatrix, SegmentationScores
-from boxsup.models import BACKBONES, build_model, fit_problem, load_tensor_file, on_device
+from boxsup.models import BACKBONES, fit_problem, load_tensor_file, model_from_config, on_device
 from boxsup.utils.storage import read_file
 
 
@@ -94,7 +94,7 @@ def evaluate_checkpoint(
     _check_dataset_classes(checkpoint, classes, Path(root))
     dataset = VOCDataset(root, split, classes)
     backbone = state["config"]["model"]["backbone"]
-    model = build_model(backbone, dataset.num_classes, "none")
+    model = model_from_config(state["config"]["model"], dataset.num_classes, "none")
     problem = fit_problem(model, state["model"])
     if problem is not None:
         raise BoxSupError(f"{checkpoint}: its weights do not fit a {backbone} model for {len(classes)} classes: {problem}")
