@@ -171,3 +171,12 @@ def test_trains_on_a_batch_of_one_channels_last() -> None:
         moved = model(images.contiguous(memory_format=torch.channels_last))
         plain = model(images)
     torch.testing.assert_close(moved, plain, atol=1e-4, rtol=1e-4)
+
+
+def test_a_run_with_a_stride_its_backbone_lacks_stops_before_reading_data(tmp_path: Path) -> None:
+    from boxsup.platform.launch import run_boxsup
+
+    cfg = load_config(None, [f"data.root={tmp_path / 'no-such-dataset'}", f"output.dir={tmp_path / 'runs'}",
+                             "model.backbone=lraspp_mobilenet_v3_large", "model.output_stride=8"])
+    with pytest.raises(BoxSupError, match="^model.output_stride: lraspp_mobilenet_v3_large runs at output stride 16, not 8"):
+        run_boxsup(cfg, progress=False)
