@@ -101,6 +101,7 @@ def _mobilenet_features() -> tuple[nn.Sequential, list[int]]:
 
 
 def _deeplabv3_mobilenet(num_classes: int, output_stride: int) -> nn.Module:
+    """torchvision's DeepLabV3-MobileNetV3 (ASPP rates 12, 24, 36); ``output_stride`` is always 16 here."""
     features, stages = _mobilenet_features()
     body = IntermediateLayerGetter(features, return_layers={str(stages[-1]): "out"})
     return DeepLabV3Logits(body, _deeplab_head(features[stages[-1]].out_channels, num_classes, (12, 24, 36)),
@@ -108,6 +109,7 @@ def _deeplabv3_mobilenet(num_classes: int, output_stride: int) -> nn.Module:
 
 
 def _lraspp_mobilenet(num_classes: int, output_stride: int) -> nn.Module:
+    """torchvision's LR-ASPP on MobileNetV3-Large; ``output_stride`` is always 16 here (16, plus 8 for detail)."""
     features, stages = _mobilenet_features()
     low, high = stages[-4], stages[-1]  # stride 8 and stride 16 features
     body = IntermediateLayerGetter(features, return_layers={str(low): "low", str(high): "high"})
