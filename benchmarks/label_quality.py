@@ -18,7 +18,7 @@ from boxsup.config import load_config
 from boxsup.data.sources import build_training_set, training_annotations
 from boxsup.evaluation.evaluate import load_checkpoint
 from boxsup.evaluation.metrics import ConfusionMatrix
-from boxsup.models import build_model
+from boxsup.models import model_from_config
 from boxsup.trainers.epoch import pixel_costs
 from boxsup.assign.cache import BoxedPoolCache
 from boxsup.platform.launch import ensure_proposals
@@ -37,7 +37,7 @@ def main() -> None:
     annotations = [a for a in training_annotations(cfg, dataset) if a.has_mask and a.boxes]
     pools = BoxedPoolCache(ensure_proposals(cfg, dataset, progress=False))
     state = load_checkpoint(args.checkpoint)
-    model = build_model(state["config"]["model"]["backbone"], dataset.num_classes, "none")
+    model = model_from_config(state["config"]["model"], dataset.num_classes, "none")
     model.load_state_dict(state["model"])
     device = torch.device("cpu")
     costs = {kind: {a.image_id: pixel_costs(model, dataset.image(a.image_id), device, kind) for a in annotations}

@@ -59,8 +59,9 @@ DEFAULTS: dict[str, Any] = {
         "cache_mb": 2048.0,  # MiB of box-refined candidate pools each actor keeps (once full, new ones are used, not kept)
     },
     "model": {
-        "backbone": "vgg16_largefov",  # vgg16_largefov | small
+        "backbone": "vgg16_largefov",  # vgg16_largefov | small | deeplabv3_resnet50/101 | (deeplabv3|lraspp)_mobilenet_v3_large
         "weights": "imagenet",  # imagenet | none | path to a local state dict
+        "output_stride": None,  # null: the backbone's own; 8 or 16 for the deeplabv3_resnet backbones
     },
     "train": {
         "epochs": 45,
@@ -113,7 +114,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "assign.pixel_cost": ("error", "xent"),
     "assign.region_cost": ("mean", "iou"),
     "assign.form": ("robust", "paper"),
-    "model.backbone": ("vgg16_largefov", "small"),
+    "model.backbone": ("vgg16_largefov", "small", "deeplabv3_resnet50", "deeplabv3_resnet101",
+                       "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"),  # boxsup.models.BACKBONES
     "train.device": ("auto", "cpu", "cuda"),
 }
 
@@ -130,6 +132,7 @@ NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "tracking.uri": (str,),
     "ray.address": (str,),
     "train.loader_workers": (int,),
+    "model.output_stride": (int,),
     "output.keep_label_rounds": (int, str),
 }
 
@@ -276,6 +279,11 @@ def _keep_rounds_problem(value: int | str | None) -> str | None:
     return f"expected null, a number of rounds >= 1, or all; got {value!r}"
 
 
+def _output_stride_problem(value: int | None) -> str | None:
+    # Which backbone runs at which stride is boxsup.models' to say (checked before a run starts).
+    return None if value in (None, 8, 16) else f"expected null, 8 or 16; got {value!r}"
+
+
 def _empty_list_problem(values: list[float]) -> str | None:
     return "needs at least one value" if not values else None
 
@@ -286,6 +294,7 @@ VALUE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.classes": _classes_problem,
     "eval.scales": _empty_list_problem,
     "output.keep_label_rounds": _keep_rounds_problem,
+    "model.output_stride": _output_stride_problem,
 }
 
 

@@ -20,7 +20,7 @@ from boxsup.evaluation.crf import CRFParams
 from boxsup.evaluation.inference import predict_label_map
 from boxsup.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from boxsup.evaluation.trimap import TrimapConfusion
-from boxsup.models import BACKBONES, build_model, fit_problem, load_tensor_file, on_device
+from boxsup.models import BACKBONES, fit_problem, load_tensor_file, model_from_config, on_device
 from boxsup.utils.storage import read_file
 
 
@@ -173,7 +173,7 @@ def open_checkpoint(checkpoint: str | Path, data: EvalData, crf_overrides: Seque
     classes = tuple(state["classes"])
     dataset = data.open(checkpoint, classes)
     backbone = state["config"]["model"]["backbone"]
-    model = build_model(backbone, dataset.num_classes, "none")
+    model = model_from_config(state["config"]["model"], dataset.num_classes, "none")
     problem = fit_problem(model, state["model"])
     if problem is not None:
         raise BoxSupError(f"{checkpoint}: its weights do not fit a {backbone} model for {len(classes)} classes: {problem}")

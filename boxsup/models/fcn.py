@@ -1,8 +1,10 @@
-"""Fully convolutional segmentation networks: DeepLab-LargeFOV on VGG-16 (the paper's) and a small CPU one.
+"""Fully convolutional segmentation networks: DeepLab-LargeFOV on VGG-16 (the paper's), a small CPU one,
+and torchvision's current ones (:mod:`boxsup.models.torchvision_backbones`); building and weight loading.
 
 Every model takes images normalised with ImageNet mean/std, shape (N, 3, H, W), and returns
 logits (N, num_classes, H, W): the coarse score map is bilinearly upsampled to the input size.
-Each model names its final (new) 1x1 layer ``classifier``; :func:`parameter_groups` relies on it.
+Each model keeps its new layers (those not pretrained on ImageNet, ending in the per-class 1x1
+layer) under ``classifier``; :func:`parameter_groups` relies on it.
 """
 
 from __future__ import annotations
@@ -18,15 +20,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import VGG16_Weights, vgg16
+from torchvision.models import VGG16_Weights
+from torchvision.models._api import WeightsEnum
 
 from boxsup.errors import BoxSupError
+from boxsup.models.torchvision_backbones import (
+    TORCHVISION_BACKBONES,
+    TorchvisionBackbone,
+    backbone_state,
+    is_classification_state,
+)
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKBONES = ("vgg16_largefov", "small")
+# Every backbone and the output strides it runs at (the first is its default): the one registry.
+OUTPUT_STRIDES: dict[str, tuple[int, ...]] = {
+    "vgg16_largefov": (8,),
+    "small": (4,),
+    **{name: spec.output_strides for name, spec in TORCHVISION_BACKBONES.items()},
+}
+BACKBONES = tuple(OUTPUT_STRIDES)
 
 # VGG-16 "D" convolutions per block; pooling layers sit between blocks exactly as in
 # torchvision's ``vgg16().features``, so the layer indices (and state-dict keys) match.
@@ -84,26 +99,57 @@ class SmallFCN(nn.Module):
         return _upsample_to(self.classifier(self.features(images)), images)
 
 
-def build_model(backbone: str, num_classes: int, weights: str = "none") -> nn.Module:
+def build_model(backbone: str, num_classes: int, weights: str = "none", output_stride: int | None = None) -> nn.Module:
     """Build a segmentation FCN.
 
-    ``backbone``: "vgg16_largefov" or "small". ``weights``: "none" (Kaiming init), "imagenet"
-    (torchvision VGG16_Weights.IMAGENET1K_V1; vgg16_largefov only), or a path to a local state dict:
-    a torchvision VGG-16 one or one of this very model (a checkpoint dict with a "model" or
-    "state_dict" entry is accepted too).
+    ``backbone``: one of :data:`BACKBONES`. ``weights``: "none" (random init), "imagenet" (the
+    backbone's ImageNet classification weights through torchvision's weights API, fetched into
+    torch's hub cache; the layers on top start fresh; not for "small"), or a path to a local state
+    dict: an ImageNet classification one of the backbone (torchvision's layout) or one of this very
+    model (a checkpoint dict with a "model" or "state_dict" entry is accepted too).
+    ``output_stride``: None (the backbone's default) or one the backbone runs at (:data:`OUTPUT_STRIDES`).
     """
-    if backbone not in BACKBONES:
-        raise BoxSupError(f"model.backbone: unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+    output_stride = check_model_settings(backbone, weights, output_stride)
     if num_classes < 1:
         raise BoxSupError(f"model.num_classes: must be at least 1, got {num_classes}")
-    model = LargeFOV(num_classes) if backbone == "vgg16_largefov" else SmallFCN(num_classes)
+    spec = TORCHVISION_BACKBONES.get(backbone)
+    if spec is not None:
+        model = spec.build(num_classes, output_stride)
+    else:
+        model = LargeFOV(num_classes) if backbone == "vgg16_largefov" else SmallFCN(num_classes)
     if weights == "imagenet":
-        if backbone != "vgg16_largefov":
-            raise BoxSupError(f"model.weights: no ImageNet weights exist for backbone {backbone!r}; use none or a local file")
-        _copy_vgg16(model, _fetch_imagenet_vgg16(), source="torchvision IMAGENET1K_V1")
+        if spec is not None:
+            _copy_imagenet_backbone(model, _fetch_imagenet(spec.imagenet, spec.arch), spec, "torchvision IMAGENET1K_V1")
+        else:
+            _copy_vgg16(model, _fetch_imagenet(VGG16_Weights.IMAGENET1K_V1, "VGG-16"), source="torchvision IMAGENET1K_V1")
     elif weights != "none":
-        _load_local(model, Path(weights))
+        _load_local(model, Path(weights), spec)
     return model
+
+
+def model_from_config(model_cfg: dict[str, Any], num_classes: int, weights: str | None = None) -> nn.Module:
+    """The network a config's ``model`` section (or a checkpoint's) describes; ``weights`` overrides its weights.
+
+    Checkpoints written before ``model.output_stride`` existed have the backbone's default stride.
+    """
+    return build_model(model_cfg["backbone"], num_classes, model_cfg["weights"] if weights is None else weights,
+                       model_cfg.get("output_stride"))
+
+
+def check_model_settings(backbone: str, weights: str, output_stride: int | None) -> int:
+    """The output stride the model will run at; a one-line error for a combination that cannot be built."""
+    if backbone not in BACKBONES:
+        raise BoxSupError(f"model.backbone: unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+    if weights == "imagenet" and backbone == "small":
+        raise BoxSupError(f"model.weights: no ImageNet weights exist for backbone {backbone!r}; use none or a local file")
+    strides = OUTPUT_STRIDES[backbone]
+    if output_stride is None:
+        return strides[0]
+    if output_stride not in strides:
+        choices = " or ".join(map(str, strides))
+        raise BoxSupError(f"model.output_stride: {backbone} runs at output stride {choices}, not {output_stride}; "
+                          f"set {choices} or null")
+    return output_stride
 
 
 def on_device(model: nn.Module, device: torch.device) -> nn.Module:
@@ -119,8 +165,9 @@ def on_device(model: nn.Module, device: torch.device) -> nn.Module:
 def parameter_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
     """SGD parameter groups with DeepLab's learning-rate multipliers.
 
-    The new ``classifier`` layer learns at 10x ``lr``, every other layer at 1x; biases (and other
-    1-D parameters such as BatchNorm's) at twice their layer's rate. Empty groups are left out.
+    The new layers under ``classifier`` (the per-class layer; for torchvision's networks their whole
+    head) learn at 10x ``lr``, the backbone at 1x; biases (and other 1-D parameters such as
+    BatchNorm's) at twice their layer's rate. Empty groups are left out.
     """
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
@@ -166,13 +213,15 @@ def _init_weights(model: nn.Module) -> None:
     nn.init.zeros_(model.classifier.bias)
 
 
-def _fetch_imagenet_vgg16() -> dict[str, torch.Tensor]:
+def _fetch_imagenet(weights: WeightsEnum, arch: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights through torchvision's weights API (torch's hub cache, else a download)."""
     try:
-        return vgg16(weights=VGG16_Weights.IMAGENET1K_V1).state_dict()
+        return weights.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad download raises RuntimeError
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
         raise BoxSupError(
-            f"model.weights: the ImageNet VGG-16 weights could not be fetched ({_first_line(exc)}); "
-            "set model.weights to none or to a local file"
+            f"model.weights: the ImageNet {arch} weights could not be fetched ({_first_line(exc)}); "
+            f"put {weights.url} at {cached}, or set model.weights to none or to a local file"
         ) from exc
 
 
@@ -197,15 +246,28 @@ def load_tensor_file(source: str | Path | io.BytesIO, name: str, what: str) -> A
         raise BoxSupError(f"{name}: cannot read {what} ({type(exc).__name__}: damaged, truncated or not a torch file)") from None
 
 
-def _load_local(model: nn.Module, path: Path) -> None:
+def _load_local(model: nn.Module, path: Path, spec: TorchvisionBackbone | None) -> None:
+    """An ImageNet classification state dict of the backbone, or one of this model (``spec``: a torchvision one's)."""
     if not path.is_file():
         raise BoxSupError(f"model.weights: weights file {path} does not exist")
     state = load_tensor_file(path, f"model.weights: {path}", "state dict")
     state = _unwrap_checkpoint(state, path)
-    if isinstance(model, LargeFOV) and "features.0.weight" in state and "fc6.weight" not in state:
+    if spec is not None and is_classification_state(state):
+        _copy_imagenet_backbone(model, state, spec, str(path))
+    elif isinstance(model, LargeFOV) and "features.0.weight" in state and "fc6.weight" not in state:
         _copy_vgg16(model, state, source=str(path))
     else:
         _load_own(model, state, path)
+
+
+def _copy_imagenet_backbone(model: nn.Module, state: dict[str, torch.Tensor], spec: TorchvisionBackbone, source: str) -> None:
+    """Copy an ImageNet classification state dict into ``model.backbone``; its head keeps its fresh weights."""
+    picked = backbone_state(model, state, spec.imagenet_prefix)
+    problem = fit_problem(model.backbone, picked)
+    if problem is not None:
+        raise BoxSupError(f"model.weights: {source} is neither this model's state dict nor an ImageNet "
+                          f"{spec.arch} one: {problem}")
+    model.backbone.load_state_dict(picked)
 
 
 def _unwrap_checkpoint(state: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ from boxsup.data.annotations import ImageAnnotation, Supervision
 from boxsup.data.dataset import SegmentationDataset, UnionDataset
 from boxsup.data.sources import build_datasets, source_specs, training_annotations
 from boxsup.errors import BoxSupError
+from boxsup.models import check_model_settings
 from boxsup.proposals.generate import build_store, store_meta
 from boxsup.proposals.store import ProposalStore
 from boxsup.platform.assign_pool import AssignmentSpec, LocalAssignmentPool
@@ -163,6 +164,7 @@ def run_boxsup(
             raise BoxSupError(f"{run_dir}: a run of this name exists; resume it with --resume {run_dir} or pick tracking.run_name")
     classes = resolve_classes(cfg)
     label_update_settings(cfg)  # a combination the label update cannot use stops here
+    check_model_settings(cfg["model"]["backbone"], cfg["model"]["weights"], cfg["model"].get("output_stride"))
     train_data, val_data = build_datasets(cfg, classes)
     annotations = training_annotations(cfg, train_data)
     val_data.load_annotations(skip_bad=False)  # a score must count every validation image: no skips

@@ -41,7 +41,7 @@ from boxsup.evaluation.crf import CRFParams
 from boxsup.evaluation.evaluate import evaluate
 from boxsup.evaluation.figures import confusion_figure, label_evolution_figure
 from boxsup.evaluation.metrics import ConfusionMatrix
-from boxsup.models import build_model, on_device, parameter_groups
+from boxsup.models import model_from_config, on_device, parameter_groups
 from boxsup.trainers.artifacts import publish
 from boxsup.trainers.epoch import batch_log_probs, train_one_epoch
 from boxsup.trainers.faults import Fault, kill
@@ -253,7 +253,7 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
     box_images = [a for a in annotations if a.supervision == Supervision.BOX]
     mask_images = [a for a in annotations if a.supervision == Supervision.MASK]
 
-    model = on_device(build_model(cfg["model"]["backbone"], train_data.num_classes, cfg["model"]["weights"]), ctx.device)
+    model = on_device(model_from_config(cfg["model"], train_data.num_classes), ctx.device)
     optimizer = torch.optim.SGD(parameter_groups(model, t["lr"]), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t["lr_step"], gamma=t["lr_gamma"])
     start_epoch, label_round_index, labelled = 0, 0, []
