@@ -1,0 +1,1 @@
+"""Using a trained network: label maps for new images, exported models, the MLflow model of a run."""
