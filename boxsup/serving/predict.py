@@ -58,7 +58,8 @@ def label_maps(
     batch = torch.stack([normalize_image(image) for image in images]).to(device)
     probs = predict_probs_batch(network, batch, scales).float().cpu().numpy()
     if crf:
-        probs = np.stack([dense_crf(image, p) for image, p in zip(images, probs)])
+        # pydensecrf refuses a read-only buffer, and decoded images (np.asarray of a PIL image) are read-only
+        probs = np.stack([dense_crf(image if image.flags.writeable else image.copy(), p) for image, p in zip(images, probs)])
     return probs.argmax(axis=1).astype(np.uint8)
 
 
