@@ -23,7 +23,7 @@ import numpy as np
 from boxsup.evaluation.evaluate import load_checkpoint
 from boxsup.models import on_device
 from boxsup.serving.predict import label_maps
-from boxsup.serving.trained_model import LOADER_MODULE, TrainedModel, model_from_checkpoint, pick_device
+from boxsup.serving.trained_model import LOADER_MODULE, TrainedModel, mlflow_store, model_from_checkpoint, pick_device
 
 MODEL_NAME = "model"  # runs:/<run id>/model
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -77,7 +77,6 @@ def log_run_model(tracking_uri: str, run_id: str, checkpoint: Path) -> str:
     """Log ``checkpoint`` (a ``checkpoint.pt`` of the run) as the run's MLflow model; returns its URI."""
     import mlflow
     from mlflow.models import Model
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     model = model_from_checkpoint(load_checkpoint(checkpoint), str(checkpoint))  # refuse a broken file now
     metadata = {"classes": model.names, "backbone": model.config["model"]["backbone"],
@@ -88,7 +87,7 @@ def log_run_model(tracking_uri: str, run_id: str, checkpoint: Path) -> str:
         # Model.log finds the store and the experiment through MLflow's global URI and active run: both are
         # set for this block only (leaving it marks the run FINISHED; the launcher then sets its real status).
         nested = mlflow.active_run() is not None  # called inside a caller's own MLflow run
-        with _use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id, nested=nested, log_system_metrics=False):
+        with mlflow_store(tracking_uri), mlflow.start_run(run_id=run_id, nested=nested, log_system_metrics=False):
             Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
                       loader_module=LOADER_MODULE, data_path=str(data),
                       signature=model_signature(model.eval_scales, model.eval_crf),

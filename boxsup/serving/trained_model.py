@@ -8,6 +8,8 @@ nothing in a model file can run code.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,10 +103,26 @@ def _download_model(uri: str, tracking_uri: str | None, into: Path) -> Path:
     if tracking_uri and tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
         raise BoxSupError(f"{uri}: no MLflow store at {tracking_uri}; give --tracking-uri (or MLFLOW_TRACKING_URI)")
     try:
-        return Path(download_artifacts(artifact_uri=uri, dst_path=str(into), tracking_uri=tracking_uri))
+        with mlflow_store(tracking_uri):  # MLflow resolves a run's logged model through its global URI
+            return Path(download_artifacts(artifact_uri=uri, dst_path=str(into), tracking_uri=tracking_uri))
     except (MlflowException, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BoxSupError(f"{uri}: cannot fetch the model from {tracking_uri or 'MLflow'} ({first})") from None
+
+
+@contextmanager
+def mlflow_store(tracking_uri: str | None) -> Iterator[None]:
+    """MLflow's global tracking URI set to ``tracking_uri`` for the block (None: left as it is), then restored.
+
+    Parts of MLflow (logging a model, resolving ``runs:/`` to a logged model) read only the global URI.
+    """
+    if tracking_uri is None:
+        yield
+        return
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # no public scoped form exists
+
+    with _use_tracking_uri(tracking_uri):
+        yield
 
 
 def pick_device() -> torch.device:
