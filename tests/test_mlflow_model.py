@@ -64,10 +64,15 @@ def test_predict_takes_the_run_uri_and_runs_names_it(trained, tmp_path, capsys):
                  "--out", str(tmp_path / "via_mlflow")]) == 0
     assert main(["predict", "--checkpoint", str(trained["run_dir"] / "checkpoint.pt"), *image_args,
                  "--out", str(tmp_path / "via_file")]) == 0
-    via_mlflow = {p.name: np.asarray(Image.open(p)) for p in (tmp_path / "via_mlflow").iterdir()}
-    via_file = {p.name: np.asarray(Image.open(p)) for p in (tmp_path / "via_file").iterdir()}
-    assert via_mlflow.keys() == via_file.keys() == {f"{p.stem}.png" for p in trained["images"]}
-    assert all(np.array_equal(via_mlflow[name], via_file[name]) for name in via_file)
+    artifact = f"runs:/{trained['run_id']}/checkpoint/checkpoint.pt"  # the run's checkpoint artifact works too
+    assert main(["predict", "--checkpoint", artifact, "--tracking-uri", trained["uri"], *image_args,
+                 "--out", str(tmp_path / "via_artifact")]) == 0
+    maps = {folder: {p.name: np.asarray(Image.open(p)) for p in (tmp_path / folder).iterdir()}
+            for folder in ("via_mlflow", "via_file", "via_artifact")}
+    assert all(found.keys() == {f"{p.stem}.png" for p in trained["images"]} for found in maps.values())
+    for name in maps["via_file"]:
+        assert np.array_equal(maps["via_mlflow"][name], maps["via_file"][name])
+        assert np.array_equal(maps["via_artifact"][name], maps["via_file"][name])
     capsys.readouterr()
 
     assert main(["runs", "--experiment", "served", "--tracking-uri", trained["uri"]]) == 0

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from boxsup.errors import BoxSupError
 from boxsup.platform.tracking import tracking_uri
-from boxsup.serving.mlflow_model import MODEL_NAME
+from boxsup.serving import MODEL_NAME
 
 SWEEP_ROLE_TAG = "boxsup.role"  # "sweep" on a sweep's parent run
 SWEPT_KEYS_TAG = "boxsup.swept_keys"  # JSON list of the space's config keys, on the parent run

@@ -22,10 +22,10 @@ import numpy as np
 
 from boxsup.evaluation.evaluate import load_checkpoint
 from boxsup.models import on_device
+from boxsup.serving import MODEL_NAME
 from boxsup.serving.predict import label_maps
 from boxsup.serving.trained_model import LOADER_MODULE, TrainedModel, mlflow_store, model_from_checkpoint, pick_device
 
-MODEL_NAME = "model"  # runs:/<run id>/model
 CHECKPOINT_NAME = "checkpoint.pt"
 INPUT_FORMAT = "uint8 RGB images (N, H, W, 3) of one size -> uint8 label maps (N, H, W) of class ids"
 # What the loader imports to predict, pinned to this environment's versions (boxsup itself is not on PyPI).

@@ -63,15 +63,18 @@ def model_from_checkpoint(state: dict[str, Any], source: str) -> TrainedModel:
 
 
 def load_trained_model(source: str | Path, tracking_uri: str | None = None) -> TrainedModel:
-    """The model in ``source``: a checkpoint path or URI, ``runs:/<run id>/model``, ``models:/NAME/VERSION``,
-    or a folder holding a downloaded boxsup MLflow model (its ``MLmodel`` file).
+    """The model in ``source``: a checkpoint path or URI, ``runs:/<run id>/model`` (or a run's checkpoint
+    artifact), ``models:/NAME/VERSION``, or a folder holding a downloaded boxsup MLflow model.
 
     ``tracking_uri`` is the MLflow store that ``runs:/`` and ``models:/`` URIs are looked up in.
     """
     text = str(source)
     if text.startswith(MLFLOW_SCHEMES):
         with tempfile.TemporaryDirectory() as tmp:
-            return _from_model_folder(_download_model(text, tracking_uri, Path(tmp)), text)
+            local = _download_model(text, tracking_uri, Path(tmp))
+            if local.is_file():  # a run's checkpoint artifact: runs:/<id>/checkpoint/checkpoint.pt
+                return model_from_checkpoint(load_checkpoint(local), text)
+            return _from_model_folder(local, text)
     if Path(text).is_dir() and (Path(text) / "MLmodel").is_file():
         return _from_model_folder(Path(text), text)
     return model_from_checkpoint(load_checkpoint(text), text)
