@@ -1,6 +1,7 @@
-"""The ``boxsup`` command: data, proposals, train, eval, sweep, runs, demo.
+"""The ``boxsup`` command: data, proposals, train, eval, predict, export, sweep, runs, demo.
 
-A user's mistake (``BoxSupError``) prints one line and exits with status 2; no traceback.
+A user's mistake (``BoxSupError``) prints one line and exits with status 2; no traceback. ``predict``
+exits with status 1 when some images could not be read (each is named; the others are written).
 """
 
 from __future__ import annotations
@@ -116,9 +117,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from boxsup.config import crf_settings
 
-    bad = [s for s in args.scales if not 0 < s < float("inf")]
-    if bad:
-        raise BoxSupError(f"--scales: every scale must be a finite number > 0, got {bad[0]:g}")
+    _check_scales(args.scales)
     _check_eval_flags(args)
     args.eval_data, args.crf_set = _eval_data(args)
     crf_settings(None, args.crf_set, "--set")  # a bad --set stops here, before any checkpoint is read
@@ -208,6 +207,44 @@ def _eval_crf_search(args: argparse.Namespace) -> None:
     result = search_checkpoint(loaded, grid, tuple(args.scales), args.images, args.workers or 1)
     split = f"{args.config}'s data.val" if args.config else args.eval_data.split
     print(format_search(result, f"CRF search for {args.checkpoint[0]} on {split}"))
+
+
+def _check_scales(scales: list[float] | None) -> None:
+    bad = [s for s in scales or [] if not 0 < s < float("inf")]
+    if bad:
+        raise BoxSupError(f"--scales: every scale must be a finite number > 0, got {bad[0]:g}")
+
+
+def _trained_model(args: argparse.Namespace):
+    from boxsup.platform.tracking import tracking_uri
+    from boxsup.serving.trained_model import load_trained_model
+
+    return load_trained_model(args.checkpoint, tracking_uri(args.tracking_uri))
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from boxsup.serving.image_inputs import resolve_images
+    from boxsup.serving.predict import predict_images
+
+    _check_scales(args.scales)
+    paths = resolve_images(args.images)  # a wrong --images stops here, before the model is fetched
+    model = _trained_model(args)
+    scales = tuple(args.scales) if args.scales else model.eval_scales
+    crf = model.eval_crf if args.crf is None else args.crf
+    print(f"{len(paths)} images, model {args.checkpoint} ({model.config['model']['backbone']}, "
+          f"{len(model.classes)} classes), scales {' '.join(f'{s:g}' for s in scales)}, crf {'on' if crf else 'off'}")
+    report = predict_images(model, paths, Path(args.out), scales, crf, args.batch_size,
+                            args.overlay_format if args.overlay else None)
+    print(report.summary())
+    if report.unreadable and not report.written:
+        raise BoxSupError(f"--images: none of the {len(report.unreadable)} images could be read")
+    return 1 if report.unreadable else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from boxsup.serving.export import export_model
+
+    print(export_model(_trained_model(args), args.format, args.out).summary())
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
@@ -342,6 +379,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", type=int, help="with --crf-search: processes running the CRF (default 1)")
     ev.set_defaults(func=_cmd_eval)
 
+    pred = sub.add_parser("predict", help="label maps (VOC-palette PNGs) for images, from a checkpoint or MLflow model")
+    pred.add_argument("--checkpoint", required=True,
+                      help="checkpoint.pt (path or URI), runs:/<run id>/model, models:/NAME/VERSION, or a model folder")
+    pred.add_argument("--images", required=True, nargs="+", metavar="DIR|GLOB|LIST",
+                      help="folders, glob patterns, image files, or text files listing image paths (one per line, "
+                           "relative to the list's folder)")
+    pred.add_argument("--out", required=True, help="folder for <image stem>.png label maps")
+    pred.add_argument("--overlay", action="store_true", help="also write colour overlays into <out>/overlay/")
+    pred.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg")
+    pred.add_argument("--scales", type=float, nargs="+", help="test-time scales (default: the run's eval.scales)")
+    pred.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
+                      help="dense CRF refinement (default: the run's eval.crf)")
+    pred.add_argument("--batch-size", type=int, default=8, help="images per forward pass (same-size images batch)")
+    pred.add_argument("--tracking-uri", help="MLflow store of runs:/ URIs (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    pred.set_defaults(func=_cmd_predict)
+
+    exp = sub.add_parser("export", help="the network as TorchScript or ONNX (dynamic N, H, W), checked against PyTorch")
+    exp.add_argument("--checkpoint", required=True, help="as for predict: a checkpoint or an MLflow model URI")
+    exp.add_argument("--format", choices=("torchscript", "onnx"), required=True)
+    exp.add_argument("--out", required=True, help="file to write (e.g. model.pt or model.onnx)")
+    exp.add_argument("--tracking-uri", help="MLflow store of runs:/ URIs (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    exp.set_defaults(func=_cmd_export)
+
     sweep = sub.add_parser("sweep", help="a Ray Tune sweep: every trial a whole run, all in one MLflow experiment")
     sweep.add_argument("--space", required=True, help="search space (YAML), e.g. search_spaces/demo.yaml")
     sweep.add_argument("--config", required=True, help="base run config (YAML)")
@@ -366,18 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "urllib3"):
+    for noisy in ("alembic", "mlflow", "urllib3", "onnx_ir", "onnxscript"):  # the last two: each ONNX export pass
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)  # None: success; predict returns 1 when some images could not be read
     except BoxSupError as exc:
         print(f"boxsup: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("boxsup: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def test_two_trial_sweep_is_tracked_on_an_mlflow_server(ray_session, tmp_path, s
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["run", "status", "assign.k"]
     assert table[2].split()[0] == best.info.run_name  # best val_miou first
-    assert len(table) == 4
+    assert len(table) == 5 and f"model runs:/{best.info.run_id}/model" in table[4]  # the best run's MLflow model
 
 
 def test_space_mistakes_stop_the_sweep_before_ray_starts(tmp_path, sweep_data, tiny_config, capsys):

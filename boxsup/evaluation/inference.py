@@ -24,16 +24,22 @@ def predict_probs(
     and its logits resized back to (H, W) before the softmax. Use :data:`MULTI_SCALE` for the
     paper-style multi-scale test. The model runs in eval mode; its previous mode is restored.
     """
-    height, width = image_uint8.shape[:2]
     image = normalize_image(image_uint8).unsqueeze(0).to(device)
+    return predict_probs_batch(model, image, scales)[0].cpu().numpy().astype(np.float32)
+
+
+def predict_probs_batch(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+    """Class probabilities (N, C, H, W) for a normalised batch (N, 3, H, W) on the model's device.
+
+    What :func:`predict_probs` does for one image, for a batch of images of one size at once.
+    """
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            probs = sum(_probs_at_scale(model, image, scale) for scale in scales) / len(scales)
+            return sum(_probs_at_scale(model, images, scale) for scale in scales) / len(scales)
     finally:
         model.train(was_training)
-    return probs[0].cpu().numpy().astype(np.float32)
 
 
 def predict_label_map(

@@ -31,6 +31,7 @@ from boxsup.platform.proposal_tasks import build_store_on_ray
 from boxsup.platform.ray_train import fit_with_ray, init_ray
 from boxsup.platform.guard import driver_guard
 from boxsup.platform.tracking import RunLogger, end_run, reopen_run, start_run, tracking_uri
+from boxsup.serving.mlflow_model import log_run_model
 from boxsup.trainers.faults import fault_from_env
 from boxsup.trainers.job import TrainingJob
 from boxsup.trainers.loop import USER_ERROR_FILE, train_worker
@@ -180,6 +181,7 @@ def run_boxsup(
     ok, error = False, None
     try:
         train(cfg, train_data, annotations, store, record, run_dir, progress, report_to_tune)
+        log_final_model(cfg, run_id, run_files)
         ok = True
     except BoxSupError as exc:
         error = str(exc)
@@ -195,6 +197,15 @@ def run_boxsup(
     result = json.loads(run_files.read_bytes("result.json"))
     pseudo = [m.value for m in sorted(MlflowClient(tracking_uri(cfg["tracking"]["uri"])).get_metric_history(run_id, "pseudo_miou"), key=lambda m: m.step)]
     return RunResult(run_id, run_files.root, result["val_miou"], result["val_pixel_accuracy"], result["class_iou"], pseudo)
+
+
+def log_final_model(cfg: dict[str, Any], run_id: str, run_files: Location) -> None:
+    """The run's final ``checkpoint.pt`` logged once, from the driver, as its MLflow model ``runs:/<id>/model``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / "checkpoint.pt"
+        checkpoint.write_bytes(run_files.read_bytes("checkpoint.pt"))
+        uri = log_run_model(tracking_uri(cfg["tracking"]["uri"]), run_id, checkpoint)
+    log.info("MLflow model of the run: %s", uri)
 
 
 def release_untrained_run(cfg: dict[str, Any], run_id: str, run_files: Location) -> None:

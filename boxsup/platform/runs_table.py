@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from boxsup.errors import BoxSupError
 from boxsup.platform.tracking import tracking_uri
+from boxsup.serving import MODEL_NAME
 
 SWEEP_ROLE_TAG = "boxsup.role"  # "sweep" on a sweep's parent run
 SWEPT_KEYS_TAG = "boxsup.swept_keys"  # JSON list of the space's config keys, on the parent run
@@ -105,4 +106,15 @@ def runs_report(uri: str | None, experiment: str) -> str:
         return f"experiment {experiment!r} has no training runs yet"
     sweeps = [run for run in runs if _is_sweep(run)]
     keys = json.loads(sweeps[0].data.tags[SWEPT_KEYS_TAG]) if sweeps else varying_keys(rows)
-    return format_runs_table(rows, keys)
+    return f"{format_runs_table(rows, keys)}\n{best_model_line(uri, runs, rows[0])}"
+
+
+def best_model_line(uri: str | None, runs: list[Run], best: RunRow) -> str:
+    """Where the best run's network is: its MLflow model URI, or that it has none (a run from before models were logged)."""
+    _, client = _client_for(uri)
+    experiment = next(run.info.experiment_id for run in runs if run.info.run_id == best.run_id)
+    wanted = f"name = '{MODEL_NAME}' AND source_run_id = '{best.run_id}'"
+    if client.search_logged_models(experiment_ids=[experiment], filter_string=wanted, max_results=1):
+        return (f"best run {best.name}: model runs:/{best.run_id}/{MODEL_NAME} "
+                f"(boxsup predict --checkpoint runs:/{best.run_id}/{MODEL_NAME} --images DIR --out DIR)")
+    return f"best run {best.name} ({best.run_id}) logged no MLflow model; use its run directory's checkpoint.pt"
