@@ -16,7 +16,7 @@ import torch
 from boxsup.assign import assign_labels, image_rng
 from boxsup.config import load_config
 from boxsup.data.sources import build_training_set, training_annotations
-from boxsup.evaluation.evaluate import load_checkpoint
+from boxsup.models.checkpoint import load_checkpoint
 from boxsup.evaluation.metrics import ConfusionMatrix
 from boxsup.models import model_from_config
 from boxsup.trainers.epoch import pixel_costs

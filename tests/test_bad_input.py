@@ -25,7 +25,8 @@ from boxsup.config import BOUNDS, DEFAULTS, flatten, load_config, resolve_classe
 from boxsup.data.synth import DEMO_CLASSES, generate_dataset
 from boxsup.data.voc import SizeMismatchError, VOCDataset
 from boxsup.errors import BoxSupError
-from boxsup.evaluation.evaluate import evaluate, evaluate_checkpoint, load_checkpoint
+from boxsup.evaluation.evaluate import evaluate, evaluate_checkpoint
+from boxsup.models.checkpoint import load_checkpoint
 from boxsup.models import build_model
 from boxsup.proposals.generate import build_store, store_meta
 from boxsup.proposals.store import ProposalStore

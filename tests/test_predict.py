@@ -28,7 +28,7 @@ def model(checkpoint):
 
 def expected(model, path, scales=(0.5, 1.0), crf=False):
     """The label map one image gets on its own (what ``boxsup eval`` computes)."""
-    return predict_label_map(model.network, np.array(read_rgb(path)), scales=scales, crf=crf)  # writable: pydensecrf
+    return predict_label_map(model.network, read_rgb(path), scales=scales, crf=crf)  # read-only, as decoded
 
 
 def read_png(path):

@@ -16,7 +16,7 @@ from PIL import Image
 
 from boxsup.data.annotations import Box, ImageAnnotation
 from boxsup.data.classes import ClassMapping
-from boxsup.data.dataset import ListedDataset, read_list_file
+from boxsup.data.dataset import ListedDataset
 from boxsup.data.images import SizeMismatchError, SkipCounts, open_picture, size_text
 from boxsup.errors import BoxSupError
 from boxsup.utils.files import atomic_path, write_text_atomic

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,8 +19,8 @@ from boxsup.evaluation.crf import CRFParams
 from boxsup.evaluation.inference import predict_label_map
 from boxsup.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from boxsup.evaluation.trimap import TrimapConfusion
-from boxsup.models import BACKBONES, fit_problem, load_tensor_file, model_from_config, on_device
-from boxsup.utils.storage import read_file
+from boxsup.models import on_device
+from boxsup.models.checkpoint import load_checkpoint, network_from_checkpoint
 
 
 def evaluate(
@@ -86,34 +85,6 @@ def check_prediction_size(dataset: SegmentationDataset, image_id: str, shape: tu
                           f"(and its prediction) is {shape[-1]}x{shape[-2]}")
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A saved ``checkpoint.pt``, from a local path or a URI (``s3://bucket/runs/<run>/checkpoint.pt``).
-
-    Read with torch's weights-only unpickler, so nothing in the file can run code; a file that needs
-    more, or that lacks what ``boxsup train`` writes (model, classes, config), is refused.
-    """
-    try:
-        data = read_file(path)
-    except (FileNotFoundError, IsADirectoryError):
-        raise BoxSupError(f"{path}: checkpoint not found") from None
-    state = load_tensor_file(io.BytesIO(data), str(path), "checkpoint")
-    if not _is_checkpoint(state):
-        raise BoxSupError(f"{path}: not a boxsup checkpoint: it must hold 'model' (a state dict), 'classes' (names) and "
-                          "'config' (with model.backbone), as the checkpoint.pt written by `boxsup train` does")
-    return state
-
-
-def _is_checkpoint(state: Any) -> bool:
-    """Whether ``state`` holds what ``boxsup train`` saves: a state dict, the class names and the config."""
-    if not isinstance(state, dict) or not all(k in state for k in ("model", "classes", "config")):
-        return False
-    weights, classes, config = state["model"], state["classes"], state["config"]
-    return (isinstance(weights, dict) and all(isinstance(v, torch.Tensor) for v in weights.values())
-            and isinstance(classes, list) and bool(classes) and all(isinstance(c, str) for c in classes)
-            and isinstance(config, dict) and isinstance(config.get("model"), dict)
-            and config["model"].get("backbone") in BACKBONES)
-
-
 def _check_dataset_classes(checkpoint: str | Path, classes: tuple[str, ...], root: Path) -> None:
     """A dataset with a ``classes.txt`` must list the classes the model was trained for, in the same order."""
     class_file = root / "classes.txt"
@@ -172,12 +143,7 @@ def open_checkpoint(checkpoint: str | Path, data: EvalData, crf_overrides: Seque
     crf_params = CRFParams.from_settings(crf_settings(state["config"], list(crf_overrides), f"{checkpoint} (its config)"))
     classes = tuple(state["classes"])
     dataset = data.open(checkpoint, classes)
-    backbone = state["config"]["model"]["backbone"]
-    model = model_from_config(state["config"]["model"], dataset.num_classes, "none")
-    problem = fit_problem(model, state["model"])
-    if problem is not None:
-        raise BoxSupError(f"{checkpoint}: its weights do not fit a {backbone} model for {len(classes)} classes: {problem}")
-    model.load_state_dict(state["model"])
+    model = network_from_checkpoint(state, str(checkpoint))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return CheckpointModel(str(checkpoint), on_device(model, device), dataset, device, crf_params)
 

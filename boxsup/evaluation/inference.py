@@ -50,12 +50,26 @@ def predict_label_map(
     device: str | torch.device = "cpu",
     crf_params: CRFParams | None = None,
 ) -> np.ndarray:
-    """Label map (H, W) uint8: argmax of :func:`predict_probs`, refined by :func:`dense_crf` if ``crf``
+    """Label map (H, W) uint8 of one RGB uint8 image: :func:`predict_label_maps` for a batch of one."""
+    return predict_label_maps(model, [image], scales, crf, device, crf_params)[0]
+
+
+def predict_label_maps(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    scales: Sequence[float] = (1.0,),
+    crf: bool = False,
+    device: str | torch.device = "cpu",
+    crf_params: CRFParams | None = None,
+) -> np.ndarray:
+    """Label maps (N, H, W) uint8 for RGB uint8 images (H, W, 3) of one size, run as one batch: the
+    argmax of the softmax averaged over ``scales``, refined per image by :func:`dense_crf` if ``crf``
     (with ``crf_params``, default DeepLab's)."""
-    probs = predict_probs(model, image, scales, device)
+    batch = torch.stack([normalize_image(image) for image in images]).to(device)
+    probs = predict_probs_batch(model, batch, scales).float().cpu().numpy()
     if crf:
-        probs = dense_crf(image, probs, crf_params)
-    return probs.argmax(axis=0).astype(np.uint8)
+        probs = np.stack([dense_crf(image, p, crf_params) for image, p in zip(images, probs)])
+    return probs.argmax(axis=1).astype(np.uint8)
 
 
 def _probs_at_scale(model: nn.Module, image: torch.Tensor, scale: float) -> torch.Tensor:

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from boxsup.config import label_update_settings, resolve_classes
 from boxsup.data.annotations import ImageAnnotation, Supervision
 from boxsup.data.dataset import SegmentationDataset, UnionDataset
-from boxsup.data.sources import build_datasets, source_specs, training_annotations
+from boxsup.data.sources import build_datasets, training_annotations
 from boxsup.errors import BoxSupError
 from boxsup.models import check_model_settings
 from boxsup.proposals.generate import build_store, store_meta

@@ -11,14 +11,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 from typing import Any
 
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
 from boxsup.config import flatten
-from boxsup.errors import BoxSupError
 
 
 DEFAULT_URI = "sqlite:///mlflow.db"

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from boxsup.evaluation.evaluate import load_checkpoint
+from boxsup.models.checkpoint import load_checkpoint
 from boxsup.models import on_device
 from boxsup.serving import MODEL_NAME
-from boxsup.serving.predict import label_maps
+from boxsup.evaluation.inference import predict_label_maps
 from boxsup.serving.trained_model import LOADER_MODULE, TrainedModel, mlflow_store, model_from_checkpoint, pick_device
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -52,7 +52,7 @@ class BoxSupPyfunc:
         if not scales or not all(0 < s < float("inf") for s in scales):
             raise ValueError(f"params.scales: every scale must be a finite number > 0, got {scales}")
         crf = bool(params.get("crf", self.model.eval_crf))
-        return label_maps(self.network, list(images), scales, crf, self.device)
+        return predict_label_maps(self.network, list(images), scales, crf, self.device, self.model.crf_params)
 
 
 def _load_pyfunc(data_path: str) -> BoxSupPyfunc:

@@ -13,16 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from boxsup.data.images import picture_size, read_rgb
 from boxsup.errors import BoxSupError
-from boxsup.evaluation.crf import dense_crf
-from boxsup.evaluation.inference import predict_probs_batch
-from boxsup.models import normalize_image, on_device
+from boxsup.evaluation.inference import predict_label_maps
+from boxsup.models import on_device
 from boxsup.serving.image_inputs import output_names
 from boxsup.serving.label_files import write_label_png, write_overlay
 from boxsup.serving.trained_model import TrainedModel, pick_device
@@ -45,22 +42,6 @@ class PredictReport:
         if self.unreadable:
             line += " (" + ", ".join(str(path) for path, _ in self.unreadable) + ")"
         return line
-
-
-def label_maps(
-    network: nn.Module, images: Sequence[np.ndarray], scales: Sequence[float], crf: bool, device: torch.device
-) -> np.ndarray:
-    """Label maps (N, H, W) uint8 for RGB uint8 images (H, W, 3) of one size, run as one batch.
-
-    The softmax is averaged over ``scales`` and, with ``crf``, refined by the dense CRF per image:
-    the same maps :func:`boxsup.evaluation.inference.predict_label_map` gives one image at a time.
-    """
-    batch = torch.stack([normalize_image(image) for image in images]).to(device)
-    probs = predict_probs_batch(network, batch, scales).float().cpu().numpy()
-    if crf:
-        # pydensecrf refuses a read-only buffer, and decoded images (np.asarray of a PIL image) are read-only
-        probs = np.stack([dense_crf(image if image.flags.writeable else image.copy(), p) for image, p in zip(images, probs)])
-    return probs.argmax(axis=1).astype(np.uint8)
 
 
 def predict_images(
@@ -87,7 +68,8 @@ def predict_images(
         for batch in batches:
             decoded = [(i, image) for i in batch if (image := _read(paths[i], report)) is not None]
             for members in _same_shape(decoded):
-                maps = label_maps(network, [image for _, image in members], scales, crf, device)
+                maps = predict_label_maps(network, [image for _, image in members], scales, crf, device,
+                                          model.crf_params)
                 for (i, image), label_map in zip(members, maps):
                     write_label_png(targets[i], label_map)
                     if overlays:

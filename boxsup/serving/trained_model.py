@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from boxsup.errors import BoxSupError
-from boxsup.evaluation.evaluate import load_checkpoint
-from boxsup.models import build_model, fit_problem
+from boxsup.config import crf_settings
+from boxsup.evaluation.crf import CRFParams
+from boxsup.models.checkpoint import load_checkpoint, network_from_checkpoint
 
 MLFLOW_SCHEMES = ("runs:/", "models:/")  # model URIs resolved through the MLflow tracking store
 LOADER_MODULE = "boxsup.serving.mlflow_model"  # the pyfunc loader of every boxsup MLflow model
@@ -49,17 +50,15 @@ class TrainedModel:
         """Whether the run was evaluated with the dense CRF (``eval.crf``)."""
         return bool(self.config.get("eval", {}).get("crf", False))
 
+    @property
+    def crf_params(self) -> CRFParams:
+        """The run's dense-CRF settings (``eval.crf_params``; DeepLab's where an older run has none)."""
+        return CRFParams.from_settings(crf_settings(self.config, [], f"{self.source} (its config)"))
+
 
 def model_from_checkpoint(state: dict[str, Any], source: str) -> TrainedModel:
     """The network a loaded checkpoint describes, its weights in place; a mismatch is one line."""
-    classes = tuple(state["classes"])
-    backbone = state["config"]["model"]["backbone"]
-    network = build_model(backbone, len(classes) + 1, "none")
-    problem = fit_problem(network, state["model"])
-    if problem is not None:
-        raise BoxSupError(f"{source}: its weights do not fit a {backbone} model for {len(classes)} classes: {problem}")
-    network.load_state_dict(state["model"])
-    return TrainedModel(network.eval(), classes, state["config"], source)
+    return TrainedModel(network_from_checkpoint(state, source), tuple(state["classes"]), state["config"], source)
 
 
 def load_trained_model(source: str | Path, tracking_uri: str | None = None) -> TrainedModel:
