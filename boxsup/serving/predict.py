@@ -38,7 +38,8 @@ class PredictReport:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
     def summary(self) -> str:
-        line = f"{self.out}: {self.written} label maps written, {len(self.unreadable)} unreadable images"
+        n = len(self.unreadable)
+        line = f"{self.out}: {self.written} label maps written, {n} unreadable image{'' if n == 1 else 's'}"
         if self.unreadable:
             line += " (" + ", ".join(str(path) for path, _ in self.unreadable) + ")"
         return line
