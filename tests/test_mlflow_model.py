@@ -83,3 +83,22 @@ def test_predict_takes_the_run_uri_and_runs_names_it(trained, tmp_path, capsys):
                  "--out", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"boxsup: error: {missing}: cannot fetch the model") and "\n" not in err
+
+
+def test_a_model_that_cannot_be_logged_leaves_the_trained_run_finished(tmp_path, monkeypatch, caplog):
+    import boxsup.platform.launch as launch
+
+    def refuse(*args, **kwargs):
+        raise OSError("artifact store refused the upload")
+
+    monkeypatch.setattr(launch, "log_run_model", refuse)
+    generate_dataset(tmp_path / "data", n_images=6, size=48, seed=6)
+    cfg = load_config(None, [f"data.root={tmp_path / 'data'}", "data.crop_size=48", "data.supervision=mask",
+                             "model.backbone=small", "model.weights=none", "train.epochs=1", "train.batch_size=4",
+                             "ray.num_workers=0", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                             f"output.dir={tmp_path / 'runs'}", "tracking.run_name=r"])
+    result = run_boxsup(cfg, progress=False)
+    run = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.run_id)
+    assert run.info.status == "FINISHED" and (Path(result.run_dir) / "checkpoint.pt").is_file()
+    assert run.data.tags["boxsup.model_error"] == "artifact store refused the upload"
+    assert "its MLflow model could not be logged (artifact store refused the upload)" in caplog.text

@@ -199,13 +199,29 @@ def run_boxsup(
     return RunResult(run_id, run_files.root, result["val_miou"], result["val_pixel_accuracy"], result["class_iou"], pseudo)
 
 
+MODEL_ERROR_TAG = "boxsup.model_error"
+
+
 def log_final_model(cfg: dict[str, Any], run_id: str, run_files: Location) -> None:
-    """The run's final ``checkpoint.pt`` logged once, from the driver, as its MLflow model ``runs:/<id>/model``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = Path(tmp) / "checkpoint.pt"
-        checkpoint.write_bytes(run_files.read_bytes("checkpoint.pt"))
-        uri = log_run_model(tracking_uri(cfg["tracking"]["uri"]), run_id, checkpoint)
-    log.info("MLflow model of the run: %s", uri)
+    """The run's final ``checkpoint.pt`` logged once, from the driver, as its MLflow model ``runs:/<id>/model``.
+
+    The training has succeeded by now: when the model cannot be logged (the tracking store refuses
+    the upload, say), the run still ends FINISHED, with a warning and the tag ``boxsup.model_error``;
+    its ``checkpoint.pt`` is the same network.
+    """
+    uri = tracking_uri(cfg["tracking"]["uri"])
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = Path(tmp) / "checkpoint.pt"
+            checkpoint.write_bytes(run_files.read_bytes("checkpoint.pt"))
+            model_uri = log_run_model(uri, run_id, checkpoint)
+    except Exception as exc:  # any store or MLflow failure; the trained run must not be lost to it
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning("run %s: its MLflow model could not be logged (%s); use %s", run_id, first,
+                    run_files.path("checkpoint.pt"))
+        MlflowClient(uri).set_tag(run_id, MODEL_ERROR_TAG, first[:5000])
+        return
+    log.info("MLflow model of the run: %s", model_uri)
 
 
 def release_untrained_run(cfg: dict[str, Any], run_id: str, run_files: Location) -> None:
