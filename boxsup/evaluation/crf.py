@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
 
-from boxsup.config import DEFAULTS
+from boxsup.config import DEFAULTS, crf_settings
 
 # DeepLab-LargeFOV cross-validated its bilateral spatial std on PASCAL VOC images (~500 px long side).
 REFERENCE_SIZE = 500.0
@@ -38,6 +38,12 @@ class CRFParams:
     def from_settings(cls, settings: dict[str, Any]) -> CRFParams:
         """From a config's (already validated) ``eval.crf_params`` mapping; missing keys keep their default."""
         return cls(**{key: value for key, value in settings.items() if key in cls.__dataclass_fields__})
+
+    @classmethod
+    def of_config(cls, config: dict[str, Any] | None, overrides: Sequence[str] = (), source: str = "config") -> CRFParams:
+        """A run config's ``eval.crf_params`` (DeepLab's where it has none, as in runs from before the keys
+        existed), then ``--set`` ``overrides``, validated; ``source`` names the config in an error."""
+        return cls.from_settings(crf_settings(config, list(overrides), source))
 
     def settings(self) -> dict[str, Any]:
         """As the ``eval.crf_params`` mapping of a config."""

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from boxsup.config import crf_settings, load_config, read_class_file, resolve_classes
+from boxsup.config import load_config, read_class_file, resolve_classes
 from boxsup.data.dataset import SegmentationDataset
 from boxsup.data.sources import open_source, source_specs
 from boxsup.data.voc import VOCDataset
@@ -140,7 +140,7 @@ def open_checkpoint(checkpoint: str | Path, data: EvalData, crf_overrides: Seque
     checkpoint config's ``eval.crf_params`` (defaults where it has none), then ``crf_overrides`` (``--set`` texts).
     """
     state = load_checkpoint(checkpoint)
-    crf_params = CRFParams.from_settings(crf_settings(state["config"], list(crf_overrides), f"{checkpoint} (its config)"))
+    crf_params = CRFParams.of_config(state["config"], crf_overrides, f"{checkpoint} (its config)")
     classes = tuple(state["classes"])
     dataset = data.open(checkpoint, classes)
     model = network_from_checkpoint(state, str(checkpoint))

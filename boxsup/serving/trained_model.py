@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from boxsup.errors import BoxSupError
-from boxsup.config import crf_settings
 from boxsup.evaluation.crf import CRFParams
 from boxsup.models.checkpoint import load_checkpoint, network_from_checkpoint
 
@@ -53,7 +52,7 @@ class TrainedModel:
     @property
     def crf_params(self) -> CRFParams:
         """The run's dense-CRF settings (``eval.crf_params``; DeepLab's where an older run has none)."""
-        return CRFParams.from_settings(crf_settings(self.config, [], f"{self.source} (its config)"))
+        return CRFParams.of_config(self.config, source=f"{self.source} (its config)")
 
 
 def model_from_checkpoint(state: dict[str, Any], source: str) -> TrainedModel:

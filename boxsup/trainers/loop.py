@@ -163,7 +163,7 @@ def label_round(
 def distributed_evaluate(ctx: WorkerContext, model: torch.nn.Module, dataset: SegmentationDataset, cfg: dict,
                          progress: bool) -> ConfusionMatrix:
     """Every worker scores its share of the split; the confusion matrices are summed."""
-    crf_params = CRFParams.from_settings(cfg["eval"].get("crf_params", {}))  # a run resumed from before the keys: defaults
+    crf_params = CRFParams.of_config(cfg)
     confusion = evaluate(model, dataset, ctx.device, tuple(cfg["eval"]["scales"]), cfg["eval"]["crf"], progress,
                          ids=dataset.ids[ctx.rank :: ctx.world], crf_params=crf_params)
     confusion.matrix = ctx.all_reduce(confusion.matrix).astype(np.int64)
