@@ -211,10 +211,7 @@ def log_final_model(cfg: dict[str, Any], run_id: str, run_files: Location) -> No
     """
     uri = tracking_uri(cfg["tracking"]["uri"])
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = Path(tmp) / "checkpoint.pt"
-            checkpoint.write_bytes(run_files.read_bytes("checkpoint.pt"))
-            model_uri = log_run_model(uri, run_id, checkpoint)
+        model_uri = log_run_model(uri, run_id, run_files.path("checkpoint.pt"))
     except Exception as exc:  # any store or MLflow failure; the trained run must not be lost to it
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         log.warning("run %s: its MLflow model could not be logged (%s); use %s", run_id, first,

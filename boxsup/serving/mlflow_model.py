@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from boxsup.models.checkpoint import load_checkpoint
+from boxsup.utils.storage import read_file
 from boxsup.models import on_device
 from boxsup.serving import MODEL_NAME
 from boxsup.evaluation.inference import predict_label_maps
@@ -73,17 +74,17 @@ def model_signature(scales: Sequence[float], crf: bool):
     )
 
 
-def log_run_model(tracking_uri: str, run_id: str, checkpoint: Path) -> str:
-    """Log ``checkpoint`` (a ``checkpoint.pt`` of the run) as the run's MLflow model; returns its URI."""
+def log_run_model(tracking_uri: str, run_id: str, checkpoint: str | Path) -> str:
+    """Log ``checkpoint`` (the run's ``checkpoint.pt``, a path or URI) as the run's MLflow model; returns its URI."""
     import mlflow
     from mlflow.models import Model
 
-    model = model_from_checkpoint(load_checkpoint(checkpoint), str(checkpoint))  # refuse a broken file now
-    metadata = {"classes": model.names, "backbone": model.config["model"]["backbone"],
-                "eval_scales": list(model.eval_scales), "eval_crf": model.eval_crf, "input": INPUT_FORMAT}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / CHECKPOINT_NAME
-        data.write_bytes(Path(checkpoint).read_bytes())
+        data.write_bytes(read_file(checkpoint))  # read once, from wherever the run directory is
+        model = model_from_checkpoint(load_checkpoint(data), str(checkpoint))  # refuse a broken file now
+        metadata = {"classes": model.names, "backbone": model.config["model"]["backbone"],
+                    "eval_scales": list(model.eval_scales), "eval_crf": model.eval_crf, "input": INPUT_FORMAT}
         # Model.log finds the store and the experiment through MLflow's global URI and active run: both are
         # set for this block only (leaving it marks the run FINISHED; the launcher then sets its real status).
         nested = mlflow.active_run() is not None  # called inside a caller's own MLflow run
