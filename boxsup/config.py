@@ -49,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
         "warmup_epochs": 1,  # epochs trained on round 0's labels (E_o alone) before the network is asked
         "form": "robust",  # paper: E_o + lam E_r as in Sec. 4.3; robust: with the four settings below
         "region_cost": "iou",  # E_r: iou (1 - soft IoU with the network's mask) | mean (two-region mean of e)
+        "consensus": 1.0,  # mu: weight of E_c, the disagreement with the box's near-best candidates (0: none)
+        "consensus_margin": 0.1,  # the near-best: E_o within this of the box's best
         "sample_margin": 0.1,  # draw among the k lowest costs only those within this of the lowest (null: all k)
         "trust_margin": 1.0,  # candidates with E_o within this of the box's best may be chosen (1: every one)
         "lam_ramp": 0,  # rounds over which lambda grows linearly from the first network round (0: at once)
@@ -176,6 +178,8 @@ BOUNDS: dict[str, Range] = {
     "assign.lam_ramp": NON_NEGATIVE,
     "assign.void_k": NON_NEGATIVE,
     "assign.sample_margin": NON_NEGATIVE,
+    "assign.consensus": NON_NEGATIVE,
+    "assign.consensus_margin": FRACTION,
     "train.lr_gamma": Range(0, 1, low_open=True),
     "data.mask_fraction": FRACTION,
     "data.audit_fraction": FRACTION,
@@ -427,7 +431,7 @@ def check_data_section(cfg: dict[str, Any], given: dict[str, str]) -> None:
 
 
 # What assign.form: paper means for the settings only the robust form uses.
-PAPER_FORM = {"region_cost": "mean", "sample_margin": None, "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0, "void_k": 0}
+PAPER_FORM = {"region_cost": "mean", "consensus": 0.0, "consensus_margin": 0.1, "sample_margin": None, "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0, "void_k": 0}
 
 
 def label_update_settings(cfg: dict[str, Any]) -> dict[str, Any]:

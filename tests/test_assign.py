@@ -189,3 +189,35 @@ def test_void_paints_the_pixels_on_which_the_near_best_candidates_disagree():
         out = assign_labels(boxed, None, 0.0, 1, rng(), **kwargs)
         assert out.void is None or not out.void.any()
         assert (out.label_map != 255).all()
+
+
+def test_consensus_cost_matches_hand_computation():
+    """E_c = 1 - soft IoU of S with the share of the near-best candidates (by E_o) covering each atom."""
+    from boxsup.assign.costs import consensus_cost
+
+    boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
+    # margin 0.5: near = C0, C1, C2, C4 (E_o .5, 0, .5, .5); atoms 0 and 1 are each covered by 3 of 4
+    cost = consensus_cost(boxed.pool, boxed.inside, boxed.overlap, 0.5)[:, 0]
+    # agreed mass 3 per atom, T = 6: C0 and C4 (one atom): 1 - 3 / (4 + 6 - 3); C1, C2 (both): 1 - 6 / 8
+    np.testing.assert_allclose(cost, [4 / 7, 0.25, 0.25, 1.0, 4 / 7])
+    # margin 0: only C1 is near-best, so it agrees with itself fully
+    np.testing.assert_allclose(consensus_cost(boxed.pool, boxed.inside, boxed.overlap, 0.0)[:, 0],
+                               [0.5, 0.0, 0.0, 1.0, 0.5])
+    np.testing.assert_allclose(assignment_costs(boxed, None, 3.0, consensus=2.0, consensus_margin=0.5)[:, 0],
+                               boxed.overlap[:, 0] + 2.0 * cost)
+
+
+def test_consensus_picks_what_the_equally_fitting_candidates_agree_on():
+    """Three candidates fit the box exactly (E_o 0): the whole box, the box with a hole, a thin frame.
+    E_o alone keeps the first; with the consensus term the one the others agree with most wins."""
+    masks = np.zeros((3, 8, 8), bool)
+    masks[0] = True
+    masks[1] = True
+    masks[1, 3:6, 3:6] = False  # a 3 x 3 hole
+    masks[2, [0, -1], :] = masks[2, :, [0, -1]] = True  # the frame
+    boxed = BoxedPool.build(CandidatePool.from_masks(masks), np.array([[0, 0, 8, 8]]), np.array([1]))
+    # coverage: frame 3/3, the rest 2/3 except the hole 1/3: T = 28 + 27 x 2/3 + 9 / 3 = 49
+    # soft IoU: box 49 / 64, holed 46 / 58, frame 28 / 49
+    assert assign_labels(boxed, None, 0.0, 1, np.random.default_rng(0)).chosen.tolist() == [0]
+    chosen = assign_labels(boxed, None, 0.0, 1, np.random.default_rng(0), consensus=1.0, consensus_margin=0.1).chosen
+    assert chosen.tolist() == [1]

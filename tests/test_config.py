@@ -82,12 +82,15 @@ def test_paper_form_is_one_value_away_and_iou_needs_error_costs():
     from boxsup.config import PAPER_FORM, label_update_settings
 
     cfg = load_config(None, ["data.root=d", "assign.region_cost=iou", "assign.trust_margin=0.2", "assign.ema=0.5",
-                             "assign.void_k=3"])
-    assert label_update_settings(cfg) == {"region_cost": "iou", "sample_margin": cfg["assign"]["sample_margin"],
+                             "assign.void_k=3", "assign.consensus=2",
+                             "assign.consensus_margin=0.05"])
+    assert label_update_settings(cfg) == {"region_cost": "iou", "consensus": 2.0,
+                                          "consensus_margin": 0.05,
+                                          "sample_margin": cfg["assign"]["sample_margin"],
                                           "trust_margin": 0.2, "lam_ramp": cfg["assign"]["lam_ramp"], "ema": 0.5,
                                           "void_k": 3}
     cfg["assign"]["form"] = "paper"
-    assert label_update_settings(cfg) == PAPER_FORM and PAPER_FORM["void_k"] == 0
+    assert label_update_settings(cfg) == PAPER_FORM and PAPER_FORM["void_k"] == 0 and PAPER_FORM["consensus"] == 0
     cfg = load_config(None, ["data.root=d", "assign.form=robust", "assign.region_cost=iou", "assign.pixel_cost=xent"])
     with pytest.raises(BoxSupError, match="assign.region_cost: iou needs assign.pixel_cost: error"):
         label_update_settings(cfg)

@@ -74,3 +74,23 @@ def test_void_share_and_kept_labels_score_only_the_pixels_that_train():
     no_void = RoundSummary([], Counter(), 1, 0.0, {"chosen": chosen, "eo_best": chosen, "oracle": chosen,
                                                    "kept": np.zeros((2, 2))}, ChoiceDiagnostics(), 0.0).metrics()
     assert no_void["void_share"] is None and no_void["pseudo_miou_kept"] is None
+
+
+def test_gt_iou_of_the_networks_own_mask():
+    """gt_iou_network: the soft IoU of the network's mask of the box with the GT, per atom."""
+    boxed = boxed_pool()
+    mask = np.zeros((4, 4), np.int64)
+    mask[:2, 2:] = 1  # the object is atom 1
+    mask[0, 0] = 255  # one void pixel in atom 0
+    # P_B per atom: 0.5 on atom 0, 1.0 on atom 1, 0 elsewhere; loss sums are 4 x (1 - P_B)
+    box_class_loss = np.array([[2.0], [0.0], [4.0], [4.0]])
+    hist = gt_histogram(boxed, mask)
+    stats, _, _ = diagnose(boxed, np.array([1]), hist, np.zeros((4, 4), np.uint8), None, box_class_loss=box_class_loss)
+    # mass on non-void pixels: atom 0: 0.5 x 3 = 1.5, atom 1: 4; I = 4; union = 5.5 + 4 - 4
+    assert stats.network_boxes == 1
+    np.testing.assert_allclose(stats.gt_iou_network, 4 / 5.5)
+    assert stats.metrics()["gt_iou_network"] == stats.gt_iou_network
+    # the all-reduce round trip keeps it, and a round without the network reports none
+    assert ChoiceDiagnostics.from_tuple(np.array(stats.as_tuple(), dtype=np.float64)) == stats
+    none, _, _ = diagnose(boxed, np.array([1]), hist, np.zeros((4, 4), np.uint8), None)
+    assert none.metrics()["gt_iou_network"] is None

@@ -129,8 +129,11 @@ def numpy_arrays(obj, seen=None) -> list[np.ndarray]:
 
 def test_boxed_pool_counts_every_array_it_holds():
     pool, boxes, labels = photo_pool(1)
-    boxed = BoxedPool.build(pool, boxes, labels)
-    assert boxed.nbytes >= sum(a.nbytes for a in numpy_arrays(boxed))
+    for boxed in (BoxedPool.build(pool, boxes, labels), BoxedPool.build(pool, boxes, labels, consensus_margin=0.1)):
+        assert boxed.nbytes >= sum(a.nbytes for a in numpy_arrays(boxed))
+    assert boxed.consensus is not None and boxed.consensus.shape == boxed.overlap.shape
+    # the kept E_c is the one a pool without it computes (a pool the cache could not keep gets the same labels)
+    np.testing.assert_array_equal(boxed.consensus, BoxedPool.build(pool, boxes, labels).consensus_cost(0.1))
 
 
 # ---- label maps: the same as before packing --------------------------------------------------

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from boxsup.assign.costs import atom_loss_sums, overlap_cost, region_cost, soft_iou_cost
+from boxsup.assign.costs import atom_loss_sums, consensus_cost, overlap_cost, region_cost, soft_iou_cost
 from boxsup.assign.packed import ARRAY_OVERHEAD, PackedPool
 from boxsup.assign.paint import paint_labels
 from boxsup.assign.sampling import sample_lowest_k
@@ -32,20 +32,39 @@ class BoxedPool:
     labels: np.ndarray  # (B,)
     loss_labels: np.ndarray  # (K,), loss_labels[0] == BACKGROUND
     overlap: np.ndarray  # (C, B) E_o, fixed for the whole run
+    consensus_margin: float | None = None  # the margin ``consensus`` was computed for (None: not kept)
+    consensus: np.ndarray | None = None  # (C, B) float32 E_c at that margin, fixed for the whole run
 
     @classmethod
-    def build(cls, pool: CandidatePool, boxes: np.ndarray, labels: np.ndarray) -> "BoxedPool":
+    def build(cls, pool: CandidatePool, boxes: np.ndarray, labels: np.ndarray,
+              consensus_margin: float | None = None) -> "BoxedPool":
+        """Refine ``pool`` by the boxes; with ``consensus_margin``, keep E_c at that margin too."""
         if pool.n_candidates == 0:
             raise EmptyPoolError("empty candidate pool")
         refined, inside = pool.refined_by_boxes(boxes)
         boxes = np.asarray(boxes).reshape(-1, 4)
-        return cls(PackedPool.from_pool(refined), inside, boxes, np.asarray(labels), loss_labels_for(labels),
-                   overlap_cost(pool, boxes))
+        boxed = cls(PackedPool.from_pool(refined), inside, boxes, np.asarray(labels), loss_labels_for(labels),
+                    overlap_cost(pool, boxes))
+        if consensus_margin is not None:
+            boxed.consensus_margin, boxed.consensus = consensus_margin, boxed.consensus_cost(consensus_margin)
+        return boxed
+
+    def consensus_cost(self, margin: float) -> np.ndarray:
+        """E_c (C, B) float32 at ``margin`` (``costs.consensus_cost``): the one kept when it is that margin's."""
+        if self.consensus is not None and margin == self.consensus_margin:
+            return self.consensus
+        return consensus_cost(self.pool, self.inside, self.overlap, margin).astype(np.float32)
+
+    @property
+    def box_columns(self) -> np.ndarray:
+        """Each box's column in ``loss_sums`` (its class's place in ``loss_labels``), (B,)."""
+        return np.searchsorted(self.loss_labels, self.labels)
 
     @property
     def nbytes(self) -> int:
         """Memory this pool holds (what ``BoxedPoolCache`` counts against its budget)."""
-        arrays = (self.inside, self.boxes, self.labels, self.loss_labels, self.overlap)
+        arrays = (self.inside, self.boxes, self.labels, self.loss_labels, self.overlap,
+                  *(() if self.consensus is None else (self.consensus,)))
         return self.pool.nbytes + sum(a.nbytes + ARRAY_OVERHEAD for a in arrays)
 
     def sums_from_means(self, atom_means: np.ndarray) -> np.ndarray:
@@ -99,8 +118,12 @@ class Assignment:
 
 def assignment_costs(
     boxed: BoxedPool, loss_sums: np.ndarray | None, lam: float, trust_margin: float = 1.0, region: str = "mean",
+    consensus: float = 0.0, consensus_margin: float = 0.1,
 ) -> np.ndarray:
-    """cost(S, B) = E_o + lam * E_r for all candidates and boxes, (C, B); E_o alone without losses.
+    """cost(S, B) = E_o + mu * E_c + lam * E_r for all candidates and boxes, (C, B); no E_r without losses.
+
+    ``consensus`` mu weighs E_c, the disagreement with the candidates whose E_o is within
+    ``consensus_margin`` of the box's best (``costs.consensus_cost``; 0: none, as in the paper).
 
     ``region``: E_r as the two-region mean (``costs.region_cost``) or 1 - soft IoU with the
     network's mask (``costs.soft_iou_cost``, for e = 1 - P).
@@ -109,8 +132,10 @@ def assignment_costs(
     E_o(S, B) <= min_S' E_o(S', B) + δ; the others cost inf (never drawn). 1 keeps every candidate.
     """
     costs = boxed.overlap
+    if consensus:
+        costs = costs + consensus * boxed.consensus_cost(consensus_margin).astype(np.float64)
     if loss_sums is not None and lam != 0:
-        columns = np.searchsorted(boxed.loss_labels, boxed.labels)
+        columns = boxed.box_columns
         areas = np.prod(boxed.boxes[:, 2:] - boxed.boxes[:, :2], axis=1).astype(np.float64)
         term = soft_iou_cost if region == "iou" else region_cost
         costs = costs + lam * term(boxed.pool, boxed.inside, loss_sums, columns, areas)
@@ -134,6 +159,7 @@ def ramped_lambda(lam: float, round_index: int, first_network_round: int, ramp_r
 def assign_labels(
     boxed: BoxedPool, loss_sums: np.ndarray | None, lam: float, k: int, rng: np.random.Generator,
     trust_margin: float = 1.0, region: str = "mean", sample_margin: float = float("inf"), void_k: int = 0,
+    consensus: float = 0.0, consensus_margin: float = 0.1,
 ) -> Assignment:
     """Pick one candidate per box uniformly among its k lowest costs and paint the label map.
 
@@ -144,7 +170,7 @@ def assign_labels(
     ε keeps out of the draw every candidate costing more than the box's lowest cost + ε, so the k
     drawn from are near-equivalent ones, not clearly worse ones (inf: the plain k lowest).
     """
-    costs = assignment_costs(boxed, loss_sums, lam, trust_margin, region)
+    costs = assignment_costs(boxed, loss_sums, lam, trust_margin, region, consensus, consensus_margin)
     if np.isfinite(sample_margin):
         costs = np.where(costs <= costs.min(axis=0, keepdims=True) + sample_margin, costs, np.inf)
     chosen = sample_lowest_k(costs, k, rng)

@@ -11,14 +11,15 @@ MB = 1 << 20  # ``assign.cache_mb`` and the ``assign_cache_mb`` metric count MiB
 
 
 class BoxedPoolCache:
-    """Pools and their E_o never change during a run, so later rounds only pay for E_r.
+    """Pools and their E_o (and E_c) never change during a run, so later rounds only pay for E_r.
 
     The pools held never sum to more than ``max_bytes`` (``BoxedPool.nbytes``); once the budget is
     full, a new pool is used but not kept (``ByteBudgetCache`` says why).
     """
 
-    def __init__(self, store: ProposalStore, max_bytes: int = 2048 * MB):
+    def __init__(self, store: ProposalStore, max_bytes: int = 2048 * MB, consensus_margin: float | None = None):
         self.store = store
+        self.consensus_margin = consensus_margin  # pools keep E_c at this margin (None: the run has no E_c)
         self._kept: ByteBudgetCache[BoxedPool] = ByteBudgetCache(max_bytes)
 
     @property
@@ -45,7 +46,7 @@ class BoxedPoolCache:
         pool = self._kept.get(ann.image_id)
         if pool is None:
             candidates = self.store.load(ann.image_id, expected_shape=(ann.height, ann.width))
-            pool = BoxedPool.build(candidates, ann.boxes_array(), ann.labels_array())
+            pool = BoxedPool.build(candidates, ann.boxes_array(), ann.labels_array(), self.consensus_margin)
             self._kept.put(ann.image_id, pool)
         return pool
 

@@ -83,6 +83,30 @@ def overlap_cost(pool: CandidatePool, boxes: np.ndarray) -> np.ndarray:
     return 1.0 - box_iou(pool.boxes(), boxes)
 
 
+def consensus_cost(pool: CandidatePool | PackedPool, inside: np.ndarray, overlap: np.ndarray, margin: float) -> np.ndarray:
+    """E_c for every (candidate, box), (C, B): 1 - soft IoU of S with the agreement of B's near-best candidates.
+
+    N_B = {S' : E_o(S', B) <= min E_o(., B) + margin}, the candidates that fit the box about as well
+    as the best; c_B(a) = |{S' in N_B : a in S'}| / |N_B| is the share of them covering atom a. Then
+    E_c = 1 - I / (|S & B| + T - I), with I = sum_{a in S & B} |a| c_B(a) and T = sum_{a in B} |a| c_B(a):
+    of the candidates that fit the box equally well, the one most of them agree with (their medoid)
+    costs least. It needs neither the network nor masks, and is fixed for the run like E_o.
+    """
+    inside = inside.astype(np.float64)
+    areas = pool.atom_areas()[:, None]
+    near = overlap <= overlap.min(axis=0, keepdims=True) + margin  # (C, B)
+    coverage = np.zeros(inside.shape)
+    for b in range(overlap.shape[1]):
+        members = np.flatnonzero(near[:, b])
+        for c in members:
+            coverage[pool.candidate_atoms(int(c)), b] += 1.0 / len(members)
+    agreed = coverage * inside * areas  # (A, B)
+    inter, area_in_s = np.split(np.asarray(pool.sum_over_candidates(np.concatenate([agreed, areas * inside], axis=1))),
+                                2, axis=1)
+    union = area_in_s + agreed.sum(axis=0)[None, :] - inter
+    return np.where(area_in_s > 0, 1.0 - np.divide(inter, union, out=np.zeros_like(inter), where=union > 0), 1.0)
+
+
 def atom_loss_sums(losses: np.ndarray, atoms: np.ndarray, n_atoms: int) -> np.ndarray:
     """Sum per-pixel losses over atoms: ``losses`` (K, H, W) -> (n_atoms, K).
 

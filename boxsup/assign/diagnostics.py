@@ -7,6 +7,9 @@ GT pixels of class l_B inside B (void pixels left out). Per box it compares thre
 - *E_o-best*: the candidate with the lowest E_o (what the box alone would pick);
 - *oracle*: the candidate with the highest GT IoU (the best the pool offers).
 
+And, in the rounds the network scores, the soft GT IoU of the network's own mask of B inside B
+(P(l_B | p), per atom): how much its word can add.
+
 With the atom-by-class GT histogram of the box-refined pool, all three are sparse products over
 atoms: no per-candidate mask is ever made.
 """
@@ -20,6 +23,7 @@ import scipy.sparse as sp
 
 from boxsup.assign.assign import BoxedPool
 from boxsup.assign.paint import paint_labels
+from boxsup.data.annotations import IGNORE
 
 
 @dataclass
@@ -33,19 +37,21 @@ class ChoiceDiagnostics:
     gt_iou_chosen: float = 0.0
     gt_iou_eo_best: float = 0.0
     gt_iou_oracle: float = 0.0
+    network_boxes: int = 0  # boxes the network scored (its mask exists)
+    gt_iou_network: float = 0.0
 
     def __add__(self, other: "ChoiceDiagnostics") -> "ChoiceDiagnostics":
         return ChoiceDiagnostics(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
 
     def as_tuple(self) -> tuple:
         return (self.boxes, self.changed, self.compared, self.not_eo_best,
-                self.gt_iou_chosen, self.gt_iou_eo_best, self.gt_iou_oracle)
+                self.gt_iou_chosen, self.gt_iou_eo_best, self.gt_iou_oracle, self.network_boxes, self.gt_iou_network)
 
     @classmethod
     def from_tuple(cls, values) -> "ChoiceDiagnostics":
         """The inverse of ``as_tuple`` (e.g. after an all-reduce made every number a float)."""
-        counts, sums = values[:4], values[4:]
-        return cls(*(int(round(v)) for v in counts), *(float(v) for v in sums))
+        counts, sums, network = values[:4], values[4:7], values[7:]
+        return cls(*(int(round(v)) for v in counts), *(float(v) for v in sums), int(round(network[0])), float(network[1]))
 
     def metrics(self) -> dict[str, float | None]:
         """Per-round MLflow metrics: shares and mean GT IoUs (None without audited boxes)."""
@@ -58,7 +64,17 @@ class ChoiceDiagnostics:
             "gt_iou_chosen": self.gt_iou_chosen / n,
             "gt_iou_eo_best": self.gt_iou_eo_best / n,
             "gt_iou_oracle": self.gt_iou_oracle / n,
+            "gt_iou_network": self.gt_iou_network / self.network_boxes if self.network_boxes else None,
         }
+
+
+def gt_atom_histogram(mask: np.ndarray, atoms: np.ndarray, num_classes: int) -> sp.csr_matrix:
+    """A GT mask as a sparse (atoms, classes) histogram of pixel counts, void (IGNORE) left out."""
+    valid = mask != IGNORE
+    counts = sp.coo_matrix((np.ones(valid.sum()), (atoms[valid], mask[valid].astype(np.int64))),
+                           shape=(int(atoms.max()) + 1, num_classes)).tocsr()
+    counts.sum_duplicates()
+    return counts
 
 
 def candidate_gt_iou(boxed: BoxedPool, gt_histogram: sp.csr_matrix) -> np.ndarray:
@@ -91,6 +107,22 @@ class ReferenceChoices:
         return cls(eo_best, oracle, float(iou[eo_best, columns].sum()), float(iou[oracle, columns].sum()))
 
 
+def network_gt_iou(boxed: BoxedPool, box_class_loss: np.ndarray, gt_histogram: sp.csr_matrix) -> np.ndarray:
+    """Soft GT IoU inside its box of the network's mask of each box, (B,).
+
+    ``box_class_loss`` (A, B) is sum_{p in atom} (1 - P(l_B | p)), 0 off B; an atom's mass
+    m_a = sum P(l_B | p) meets its GT pixels of l_B in proportion to their share of its non-void pixels:
+    I = sum_a m_a g_a / v_a, IoU = I / (sum_a m_a v_a / |a| + sum_a g_a - I) over the atoms of B.
+    """
+    counts = np.asarray(gt_histogram[:, boxed.labels].todense(), dtype=np.float64) * boxed.inside  # g (A, B)
+    valid = np.asarray(gt_histogram.sum(axis=1), dtype=np.float64).ravel()[:, None]  # v
+    areas = boxed.pool.atom_areas().astype(np.float64)[:, None]
+    mass = (areas - box_class_loss) * boxed.inside * (valid / np.maximum(areas, 1))  # P(l_B) mass on non-void pixels
+    inter = (mass * np.divide(counts, valid, out=np.zeros_like(counts), where=valid > 0)).sum(axis=0)
+    union = mass.sum(axis=0) + counts.sum(axis=0) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 def chosen_gt_iou(boxed: BoxedPool, chosen: np.ndarray, gt_histogram: sp.csr_matrix) -> np.ndarray:
     """GT IoU inside its box of each box's chosen candidate, (B,): ``candidate_gt_iou`` for B rows only."""
     valid = np.asarray(gt_histogram.sum(axis=1), dtype=np.float64).ravel()
@@ -109,10 +141,12 @@ def chosen_gt_iou(boxed: BoxedPool, chosen: np.ndarray, gt_histogram: sp.csr_mat
 def diagnose(
     boxed: BoxedPool, chosen: np.ndarray, gt_histogram: sp.csr_matrix,
     label_map: np.ndarray, previous_map: np.ndarray | None, reference: ReferenceChoices | None = None,
+    box_class_loss: np.ndarray | None = None,
 ) -> tuple[ChoiceDiagnostics, np.ndarray, np.ndarray]:
     """One image's diagnostics, and the atom labels the E_o-best and the oracle choices would paint.
 
-    ``reference``: the image's ``ReferenceChoices`` kept from an earlier round (built when None).
+    ``reference``: the image's ``ReferenceChoices`` kept from an earlier round (built when None);
+    ``box_class_loss``: the network's per-atom (A, B) sums of 1 - P(l_B | p) when it scored this round.
     """
     reference = reference if reference is not None else ReferenceChoices.build(boxed, gt_histogram)
     out = ChoiceDiagnostics(
@@ -122,6 +156,9 @@ def diagnose(
         gt_iou_eo_best=reference.gt_iou_eo_best,
         gt_iou_oracle=reference.gt_iou_oracle,
     )
+    if box_class_loss is not None:
+        out.network_boxes = len(chosen)
+        out.gt_iou_network = float(network_gt_iou(boxed, box_class_loss, gt_histogram).sum())
     if previous_map is not None and previous_map.shape == label_map.shape:
         out.compared = len(chosen)
         for (x0, y0, x1, y1), label in zip(boxed.boxes.astype(int), boxed.labels):

@@ -32,7 +32,7 @@ from boxsup.data.sources import build_training_set
 from boxsup.errors import BoxSupError
 from boxsup.proposals.store import ProposalStore
 from boxsup.assign.cache import MB, BoxedPoolCache
-from boxsup.assign.diagnostics import ChoiceDiagnostics, ReferenceChoices, diagnose
+from boxsup.assign.diagnostics import ChoiceDiagnostics, ReferenceChoices, diagnose, gt_atom_histogram
 from boxsup.trainers.faults import Fault, kill
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class AssignmentSpec:
     lam_ramp: int = 0  # rounds over which lambda grows from the first network round (0: at once)
     first_network_round: int = 1
     region_cost: str = "mean"  # E_r: "mean" (two-region mean) or "iou" (1 - soft IoU with the network's mask)
+    consensus: float = 0.0  # mu: weight of E_c, the disagreement with the box's near-best candidates
+    consensus_margin: float = 0.1  # near-best: E_o within this of the box's best
     sample_margin: float = float("inf")  # draw only among candidates within this of the lowest cost
     void_k: int = 0  # > 1: pixels on which a box's void_k near-best candidates disagree are painted void
     fault: Fault | None = None  # the recovery tests' injected fault (kill-actor), see boxsup.trainers.faults
@@ -80,7 +82,8 @@ class Assigner:
     def __init__(self, spec: AssignmentSpec):
         self.spec = spec
         self.dataset = build_training_set({"data": spec.data}, spec.classes)
-        self.pools = BoxedPoolCache(ProposalStore(spec.proposal_store), int(spec.cache_mb * MB))
+        self.pools = BoxedPoolCache(ProposalStore(spec.proposal_store), int(spec.cache_mb * MB),
+                                    spec.consensus_margin if spec.consensus else None)
         self.labels = LabelStore(spec.label_store)
         self._annotations: dict[str, ImageAnnotation] = {}
         self._gt_histograms: dict[str, sp.csr_matrix] = {}
@@ -120,15 +123,18 @@ class Assigner:
         lam = ramped_lambda(self.spec.lam, round_index, self.spec.first_network_round, self.spec.lam_ramp)
         result = assign_labels(boxed, loss_sums, lam if loss_sums is not None else 0.0, self.spec.k, rng,
                                self.spec.trust_margin, self.spec.region_cost, self.spec.sample_margin,
-                               self.spec.void_k)
+                               self.spec.void_k, self.spec.consensus,
+                               self.spec.consensus_margin)
         self.labels.write(round_index, image_id, result.label_map)
         out = ImageResult(image_id, len(result.chosen), float(result.chosen_cost.sum()))
         if ann.has_mask:
-            self.audit(out, boxed, result, round_index, previous_round)
+            self.audit(out, boxed, result, round_index, previous_round, loss_sums)
         return out
 
-    def audit(self, out: ImageResult, boxed, result, round_index: int, previous_round: int | None) -> None:
-        """Score an image's new labels against its hidden mask (``pseudo_miou`` and the choice diagnostics)."""
+    def audit(self, out: ImageResult, boxed, result, round_index: int, previous_round: int | None,
+              loss_sums: np.ndarray | None = None) -> None:
+        """Score an image's new labels against its hidden mask (``pseudo_miou`` and the choice diagnostics;
+        with the network's ``loss_sums``, its own mask's GT IoU too)."""
         hist = self.gt_histogram(out.image_id, boxed.pool.atoms)
         out.confusion = self.pseudo_label_confusion(hist, result.atom_labels)
         previous = None
@@ -136,8 +142,11 @@ class Assigner:
             previous = self.labels.read(previous_round, out.image_id)
         if out.image_id not in self._references:
             self._references[out.image_id] = ReferenceChoices.build(boxed, hist)
+        box_class_loss = None
+        if loss_sums is not None:
+            box_class_loss = loss_sums[:, boxed.box_columns] * boxed.inside
         out.diagnostics, eo_best, oracle = diagnose(boxed, result.chosen, hist, result.label_map, previous,
-                                                    self._references[out.image_id])
+                                                    self._references[out.image_id], box_class_loss)
         out.reference_confusions = {"eo_best": self.pseudo_label_confusion(hist, eo_best),
                                     "oracle": self.pseudo_label_confusion(hist, oracle)}
         if result.void is not None:  # assign.void_k: the labels on the pixels that train
@@ -149,12 +158,7 @@ class Assigner:
         A few KB per image, so later rounds cost one bincount over atoms, not a pass over the pixels.
         """
         if image_id not in self._gt_histograms:
-            mask = self.dataset.mask(image_id)
-            valid = mask != IGNORE
-            counts = sp.coo_matrix((np.ones(valid.sum()), (atoms[valid], mask[valid].astype(np.int64))),
-                                   shape=(int(atoms.max()) + 1, self.dataset.num_classes)).tocsr()
-            counts.sum_duplicates()
-            self._gt_histograms[image_id] = counts
+            self._gt_histograms[image_id] = gt_atom_histogram(self.dataset.mask(image_id), atoms, self.dataset.num_classes)
         return self._gt_histograms[image_id]
 
     def pseudo_label_confusion(self, hist: sp.csr_matrix, atom_labels: np.ndarray,

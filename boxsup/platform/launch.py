@@ -263,6 +263,8 @@ def train(
                           join(run_dir, "labels"), a["lam"], a["k"], cfg["seed"], cache_mb=a["cache_mb"],
                           trust_margin=rule["trust_margin"], lam_ramp=rule["lam_ramp"],
                           first_network_round=a["warmup_epochs"], region_cost=rule["region_cost"],
+                          consensus=rule["consensus"],
+                          consensus_margin=rule["consensus_margin"],
                           sample_margin=float("inf") if rule["sample_margin"] is None else rule["sample_margin"],
                           void_k=rule["void_k"],
                           fault=fault)
