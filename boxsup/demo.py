@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -16,7 +17,8 @@ VARIANTS: list[tuple[str, list[str]]] = [
     ("mask-supervised", ["data.supervision=mask"]),
     ("BoxSup (lambda=3, k=5)", ["data.supervision=box", "proposals.method=ss", "assign.lam=3", "assign.k=5"]),
     ("BoxSup w/o sampling (k=1)", ["data.supervision=box", "proposals.method=ss", "assign.lam=3", "assign.k=1"]),
-    ("E_o alone (no network feedback)", ["data.supervision=box", "proposals.method=ss", "assign.lam=0", "assign.k=1", "assign.update=false"]),
+    # the label update without the network (lambda 0): E_o and the consensus term E_c, greedy, fixed
+    ("E_o + E_c alone (no network feedback)", ["data.supervision=box", "proposals.method=ss", "assign.lam=0", "assign.k=1", "assign.update=false"]),
     ("rectangles", ["data.supervision=box", "proposals.method=rectangles", "assign.lam=0", "assign.k=1", "assign.update=false"]),
     ("GrabCut", ["data.supervision=box", "proposals.method=grabcut", "assign.lam=0", "assign.k=1", "assign.update=false"]),
 ]
@@ -48,7 +50,7 @@ def run_demo(config: str | Path, data_dir: Path, overrides: list[str] | None = N
     results = []
     for name, variant in VARIANTS:
         print(f"\n=== {name} ===", flush=True)
-        slug = name.split(" (")[0].lower().replace(" ", "-").replace("/", "")
+        slug = re.sub(r"[^a-z0-9_]+", "-", name.split(" (")[0].lower().replace("/", "")).strip("-")
         cfg = load_config(config, [f"data.root={data_dir}", f"tracking.run_name=demo-{slug}", *variant, *(overrides or [])])
         started = time.perf_counter()
         result = run_boxsup(cfg)
