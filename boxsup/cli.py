@@ -20,8 +20,13 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     else:
         from boxsup.data.synth import generate_dataset as generate
 
+    options = {}
+    if args.no_distractors:
+        if args.style != "photo":
+            raise BoxSupError("data synth: --no-distractors needs --style photo")
+        options["distractors"] = False
     try:
-        summary = generate(args.out, n_images=args.images, size=args.size, seed=args.seed)
+        summary = generate(args.out, n_images=args.images, size=args.size, seed=args.seed, **options)
     except ValueError as exc:  # the generators check their arguments before writing anything
         raise BoxSupError(f"data synth --style {args.style}: {exc}") from None
     print(f"wrote {args.out}: {summary}")
@@ -310,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--images", type=int, default=240)
     synth.add_argument("--size", type=int, default=128)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--no-distractors", action="store_true",
+                       help="photo style: no unlabelled blobs and strokes (objects easier to recognise)")
     synth.add_argument("--format", choices=("voc", "coco"), default="voc",
                        help="voc: the VOC layout in --out; coco: that too, plus a COCO copy of it in <out>-coco "
                             "(annotations/instances_{train,val}.json, {train,val}/<id>.jpg)")

@@ -125,3 +125,22 @@ def test_rejects_degenerate_arguments(tmp_path):
         generate_photo_dataset(tmp_path, n_images=4, val_fraction=0.0)
     with pytest.raises(ValueError):
         photo_sample(0, 1, size=64)
+
+
+def test_no_distractors_is_deterministic_and_changes_only_the_background(tmp_path, capsys):
+    """--no-distractors: the same bytes for the same seed; the objects' labels still describe the image."""
+    clean = [photo_sample(SEED, i, SIZE, distractors=False) for i in (1, 2)]
+    again = [photo_sample(SEED, i, SIZE, distractors=False) for i in (1, 2)]
+    cluttered = photo_sample(SEED, 1, SIZE)
+    assert all(np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask) for a, b in zip(clean, again))
+    assert not np.array_equal(clean[0].image, cluttered.image)
+    for sample in clean:
+        assert set(np.unique(sample.mask).tolist()) <= {*range(len(PHOTO_CLASSES) + 1), IGNORE}
+        assert all(np.any(sample.mask[b.y0 : b.y1, b.x0 : b.x1] == b.label) for b in sample.boxes)
+    out = tmp_path / "clean"
+    assert main(["data", "synth", "--style", "photo", "--no-distractors", "--out", str(out), "--images", "2",
+                 "--size", str(SIZE), "--seed", str(SEED)]) == 0
+    assert np.array_equal(VOCDataset(out, "trainval", PHOTO_CLASSES).mask("photo_000001"), clean[0].mask)
+    capsys.readouterr()
+    assert main(["data", "synth", "--no-distractors", "--out", str(tmp_path / "demo")]) == 2
+    assert "--no-distractors needs --style photo" in capsys.readouterr().err

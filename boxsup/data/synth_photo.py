@@ -502,15 +502,19 @@ def _distractors(rng: np.random.Generator, image: np.ndarray, light: float) -> N
         _composite(rng, image, shape, y0, x0, layer, light)
 
 
-def photo_sample(seed: int, index: int, size: int = 160) -> PhotoSample:
-    """Render image ``index`` of the photo-style dataset drawn with ``seed``; independent of the other images."""
+def photo_sample(seed: int, index: int, size: int = 160, distractors: bool = True) -> PhotoSample:
+    """Render image ``index`` of the photo-style dataset drawn with ``seed``; independent of the other images.
+
+    ``distractors`` False leaves out the unlabelled blobs and strokes (a set that is easier to recognise).
+    """
     if size < MIN_SIZE:
         raise ValueError(f"photo-style images need size >= {MIN_SIZE}")
     rng = np.random.default_rng([seed, index, _STREAM])
     h, w = size, int(round(size * rng.uniform(0.75, 1.33)))
     light = rng.uniform(0, 2 * math.pi)  # one light direction per image: shadows and shading agree
     image = _background(rng, h, w)
-    _distractors(rng, image, light)
+    if distractors:
+        _distractors(rng, image, light)
     shapes, corners, labels = _layout(rng, h, w)
     silhouettes = []
     for shape, (y0, x0), label in zip(shapes, corners, labels):
@@ -537,7 +541,8 @@ def photo_sample(seed: int, index: int, size: int = 160) -> PhotoSample:
 
 
 def generate_photo_dataset(
-    out: str | Path, n_images: int = 240, size: int = 160, seed: int = 0, val_fraction: float = 0.25
+    out: str | Path, n_images: int = 240, size: int = 160, seed: int = 0, val_fraction: float = 0.25,
+    distractors: bool = True,
 ) -> dict:
     """Write the photo-style set in the VOC layout under ``out`` (splits and classes.txt as the demo set).
 
@@ -550,7 +555,7 @@ def generate_photo_dataset(
     object_fills: list[float] = []
 
     def render(index: int) -> PhotoSample:
-        sample = photo_sample(seed, index, size)
+        sample = photo_sample(seed, index, size, distractors)
         object_fills.extend(np.count_nonzero(s) / b.area for s, b in zip(sample.silhouettes, sample.boxes))
         return sample
 
