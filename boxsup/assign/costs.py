@@ -2,14 +2,19 @@
 
 For a box B with class l_B and a candidate S, round r of the label update scores
 
-    cost_r(S, B) = E_o(S, B) + lambda_r * E_r(S, B)          over the trusted candidates of B
-    E_o(S, B)    = 1 - IoU(B, box(S))                        box(S): the tight box of S
+    cost_r(S, B) = E_o(S, B) + mu * E_c(S, B) + lambda_r * E_r(S, B)     over the trusted candidates of B
+    E_o(S, B)    = 1 - IoU(B, box(S))                                    box(S): the tight box of S
+    E_c(S, B)    = 1 - soft IoU of S with c_B, the share of B's near-best candidates (E_o within
+                   ``assign.consensus_margin`` of the best) covering each atom (``consensus_cost``)
 
 and draws S uniformly among the k lowest costs (the robust form: among those of them within
 ``assign.sample_margin`` ε of the lowest, so the draw varies between near-equivalent candidates,
 not towards clearly worse ones). E_r is the network's disagreement with the label
 map that S induces inside B (l_B on S, background on the rest of B), from per-pixel costs
-e(p, l) = 1 - P(l | p) (``assign.pixel_cost: error``; ``xent``: -log P(l | p)). Two forms:
+e(p, l) = 1 - P(l | p) (``assign.pixel_cost: error``; ``xent``: -log P(l | p)). E_c
+(``assign.consensus`` mu = 1 in the robust form, 0 in the paper form) needs no network: of the
+candidates that fit the box about equally well it prefers the one they agree on most, their
+medoid. Two forms:
 
 ``assign.form: robust`` (the default; measured in docs/results.md)
 
