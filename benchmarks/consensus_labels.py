@@ -49,7 +49,8 @@ def main() -> None:
         boxed, mask = pools.get(ann), dataset.mask(image_id)
         hist = gt_atom_histogram(mask, boxed.pool.atoms, dataset.num_classes)
         for mu, margin in settings:
-            result = assign_labels(boxed, None, 0.0, 1, image_rng(0, 0, image_id), consensus=mu, consensus_margin=margin)
+            result = assign_labels(boxed, None, 0.0, 1, image_rng(0, 0, image_id),
+                                   consensus=mu, consensus_margin=margin)
             confusions[mu, margin].update(result.label_map, mask)
             ious[mu, margin].extend(chosen_gt_iou(boxed, result.chosen, hist))
     print(f"{len(dataset.ids)} {args.split} images of {args.data}\n")

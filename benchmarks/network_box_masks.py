@@ -51,7 +51,9 @@ def main() -> None:
         for image_id in tqdm(dataset.ids, desc=split, unit="img", leave=False):
             ann, gt = dataset.annotation(image_id), dataset.mask(image_id)
             probs = predict_probs(network, dataset.image(image_id))
-            painted = labels.read(last, image_id) if split == "train" and last is not None and labels.has(last, image_id) else None
+            painted = None
+            if split == "train" and last is not None and labels.has(last, image_id):
+                painted = labels.read(last, image_id)
             for box in ann.boxes:
                 inside = (slice(box.y0, box.y1), slice(box.x0, box.x1))
                 valid, truth, net = gt[inside] != IGNORE, gt[inside] == box.label, probs[box.label][inside] > 0.5

@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=int, default=128)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--no-distractors", action="store_true",
-                       help="photo style: no unlabelled blobs and strokes (objects easier to recognise)")
+                       help="photo style: no unlabelled blobs and strokes on the background")
     synth.add_argument("--format", choices=("voc", "coco"), default="voc",
                        help="voc: the VOC layout in --out; coco: that too, plus a COCO copy of it in <out>-coco "
                             "(annotations/instances_{train,val}.json, {train,val}/<id>.jpg)")

@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
         "update": True,  # false: labels of round 0 stay fixed (the rectangles / GrabCut baselines)
         "pixel_cost": "error",  # e(p, l) in E_r: error = 1 - P(l|p) (bounded), xent = -log P(l|p)
         "warmup_epochs": 1,  # epochs trained on round 0's labels (E_o alone) before the network is asked
-        "form": "robust",  # paper: E_o + lam E_r as in Sec. 4.3; robust: with the four settings below
+        "form": "robust",  # paper: E_o + lam E_r as in Sec. 4.3; robust: with the settings below
         "region_cost": "iou",  # E_r: iou (1 - soft IoU with the network's mask) | mean (two-region mean of e)
         "consensus": 1.0,  # mu: weight of E_c, the disagreement with the box's near-best candidates (0: none)
         "consensus_margin": 0.1,  # the near-best: E_o within this of the box's best
@@ -431,7 +431,8 @@ def check_data_section(cfg: dict[str, Any], given: dict[str, str]) -> None:
 
 
 # What assign.form: paper means for the settings only the robust form uses.
-PAPER_FORM = {"region_cost": "mean", "consensus": 0.0, "consensus_margin": 0.1, "sample_margin": None, "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0, "void_k": 0}
+PAPER_FORM = {"region_cost": "mean", "consensus": 0.0, "consensus_margin": 0.1, "sample_margin": None,
+              "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0, "void_k": 0}
 
 
 def label_update_settings(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -88,7 +88,9 @@ def overlap_cost(pool: CandidatePool, boxes: np.ndarray) -> np.ndarray:
     return 1.0 - box_iou(pool.boxes(), boxes)
 
 
-def consensus_cost(pool: CandidatePool | PackedPool, inside: np.ndarray, overlap: np.ndarray, margin: float) -> np.ndarray:
+def consensus_cost(
+    pool: CandidatePool | PackedPool, inside: np.ndarray, overlap: np.ndarray, margin: float,
+) -> np.ndarray:
     """E_c for every (candidate, box), (C, B): 1 - soft IoU of S with the agreement of B's near-best candidates.
 
     N_B = {S' : E_o(S', B) <= min E_o(., B) + margin}, the candidates that fit the box about as well

@@ -51,7 +51,8 @@ class ChoiceDiagnostics:
     def from_tuple(cls, values) -> "ChoiceDiagnostics":
         """The inverse of ``as_tuple`` (e.g. after an all-reduce made every number a float)."""
         counts, sums, network = values[:4], values[4:7], values[7:]
-        return cls(*(int(round(v)) for v in counts), *(float(v) for v in sums), int(round(network[0])), float(network[1]))
+        return cls(*(int(round(v)) for v in counts), *(float(v) for v in sums),
+                   int(round(network[0])), float(network[1]))
 
     def metrics(self) -> dict[str, float | None]:
         """Per-round MLflow metrics: shares and mean GT IoUs (None without audited boxes)."""

@@ -505,7 +505,7 @@ def _distractors(rng: np.random.Generator, image: np.ndarray, light: float) -> N
 def photo_sample(seed: int, index: int, size: int = 160, distractors: bool = True) -> PhotoSample:
     """Render image ``index`` of the photo-style dataset drawn with ``seed``; independent of the other images.
 
-    ``distractors`` False leaves out the unlabelled blobs and strokes (a set that is easier to recognise).
+    ``distractors`` False leaves out the unlabelled blobs and strokes on the background.
     """
     if size < MIN_SIZE:
         raise ValueError(f"photo-style images need size >= {MIN_SIZE}")
