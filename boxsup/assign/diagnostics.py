@@ -78,10 +78,15 @@ def gt_atom_histogram(mask: np.ndarray, atoms: np.ndarray, num_classes: int) -> 
     return counts
 
 
+def box_gt_counts(boxed: BoxedPool, gt_histogram: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Per atom, its GT pixels of each box's class (A, B) and its non-void pixels (A,), float64."""
+    counts = np.asarray(gt_histogram[:, boxed.labels].todense(), dtype=np.float64)
+    return counts, np.asarray(gt_histogram.sum(axis=1), dtype=np.float64).ravel()
+
+
 def candidate_gt_iou(boxed: BoxedPool, gt_histogram: sp.csr_matrix) -> np.ndarray:
     """GT IoU of every (candidate, box) inside the box, (C, B); ``gt_histogram`` is (A, classes) pixel counts."""
-    counts = np.asarray(gt_histogram[:, boxed.labels].todense(), dtype=np.float64)  # (A, B): class l_B per atom
-    valid = np.asarray(gt_histogram.sum(axis=1), dtype=np.float64).ravel()  # non-void pixels per atom
+    counts, valid = box_gt_counts(boxed, gt_histogram)  # (A, B): class l_B per atom; (A,): non-void pixels
     inside = boxed.inside.astype(np.float64)
     per_atom = np.concatenate([counts * inside, valid[:, None] * inside], axis=1)
     inter, area = np.split(np.asarray(boxed.pool.sum_over_candidates(per_atom)), 2, axis=1)
@@ -115,8 +120,8 @@ def network_gt_iou(boxed: BoxedPool, box_class_loss: np.ndarray, gt_histogram: s
     m_a = sum P(l_B | p) meets its GT pixels of l_B in proportion to their share of its non-void pixels:
     I = sum_a m_a g_a / v_a, IoU = I / (sum_a m_a v_a / |a| + sum_a g_a - I) over the atoms of B.
     """
-    counts = np.asarray(gt_histogram[:, boxed.labels].todense(), dtype=np.float64) * boxed.inside  # g (A, B)
-    valid = np.asarray(gt_histogram.sum(axis=1), dtype=np.float64).ravel()[:, None]  # v
+    counts, valid = box_gt_counts(boxed, gt_histogram)
+    counts, valid = counts * boxed.inside, valid[:, None]  # g (A, B), v (A, 1)
     areas = boxed.pool.atom_areas().astype(np.float64)[:, None]
     mass = (areas - box_class_loss) * boxed.inside * (valid / np.maximum(areas, 1))  # P(l_B) mass on non-void pixels
     inter = (mass * np.divide(counts, valid, out=np.zeros_like(counts), where=valid > 0)).sum(axis=0)
