@@ -25,6 +25,10 @@ def _cmd_synth(args: argparse.Namespace) -> None:
         if args.style != "photo":
             raise BoxSupError("data synth: --no-distractors needs --style photo")
         options["distractors"] = False
+    if args.classes is not None:
+        if args.style != "photo":
+            raise BoxSupError("data synth: --classes needs --style photo")
+        options["classes"] = tuple(name.strip() for name in args.classes.split(","))
     try:
         summary = generate(args.out, n_images=args.images, size=args.size, seed=args.seed, **options)
     except ValueError as exc:  # the generators check their arguments before writing anything
@@ -317,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--no-distractors", action="store_true",
                        help="photo style: no unlabelled blobs and strokes on the background")
+    synth.add_argument("--classes", default=None, metavar="NAMES",
+                       help="photo style: comma-separated subset of animal,moon,ring,bracket,star,signpost "
+                            "to draw, in label order (default: all six)")
     synth.add_argument("--format", choices=("voc", "coco"), default="voc",
                        help="voc: the VOC layout in --out; coco: that too, plus a COCO copy of it in <out>-coco "
                             "(annotations/instances_{train,val}.json, {train,val}/<id>.jpg)")

@@ -144,3 +144,27 @@ def test_no_distractors_is_deterministic_and_changes_only_the_background(tmp_pat
     capsys.readouterr()
     assert main(["data", "synth", "--no-distractors", "--out", str(tmp_path / "demo")]) == 2
     assert "--no-distractors needs --style photo" in capsys.readouterr().err
+
+
+def test_class_subset_draws_only_those_classes_with_their_own_shapes(tmp_path, capsys):
+    """--classes: only the given classes, label k the k-th name; the files are the samples; bad names are errors."""
+    out = tmp_path / "subset"
+    assert main(["data", "synth", "--style", "photo", "--classes", "star,animal", "--out", str(out), "--images", "6",
+                 "--size", str(SIZE), "--seed", str(SEED)]) == 0
+    assert (out / "classes.txt").read_text().split() == ["star", "animal"]
+    ds = VOCDataset(out, "trainval", ["star", "animal"])
+    seen = set()
+    for i, image_id in enumerate(ds.ids, start=1):
+        sample = photo_sample(SEED, i, SIZE, classes=("star", "animal"))
+        assert np.array_equal(ds.mask(image_id), sample.mask)
+        assert set(np.unique(sample.mask).tolist()) <= {BACKGROUND, 1, 2, IGNORE}
+        seen.update(b.label for b in sample.boxes)
+    assert seen == {1, 2}
+    capsys.readouterr()
+    assert main(["data", "synth", "--style", "photo", "--classes", "star,cat", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown class 'cat'" in err and "\n" not in err and not (tmp_path / "bad").exists()
+    assert main(["data", "synth", "--style", "photo", "--classes", "star,star", "--out", str(tmp_path / "bad")]) == 2
+    assert "repeated" in capsys.readouterr().err
+    assert main(["data", "synth", "--classes", "star", "--out", str(tmp_path / "demo")]) == 2
+    assert "--classes needs --style photo" in capsys.readouterr().err

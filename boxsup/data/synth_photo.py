@@ -336,15 +336,15 @@ def _pose(rng: np.random.Generator, pen: _Pen, upright: bool) -> np.ndarray:
     return silhouette[ys_.min() : ys_.max() + 1, xs_.min() : xs_.max() + 1]
 
 
-def _silhouette(rng: np.random.Generator, label: int, extent: float, max_hw: tuple[int, int]) -> np.ndarray:
-    """A class ``label`` silhouette about ``extent`` px across, cropped to its box, fitting in ``max_hw``.
+def _silhouette(rng: np.random.Generator, kind: int, extent: float, max_hw: tuple[int, int]) -> np.ndarray:
+    """A silhouette of PHOTO_CLASSES[kind - 1] about ``extent`` px across, cropped to its box, fitting in ``max_hw``.
 
     Redrawn until it fills FILL_RANGE of its box; shrunk if it would not fit in the image.
     """
     while True:
         pen = _Pen(extent / 2)
-        SHAPES[label - 1](rng, pen)
-        shape = _pose(rng, pen, UPRIGHT[label - 1])
+        SHAPES[kind - 1](rng, pen)
+        shape = _pose(rng, pen, UPRIGHT[kind - 1])
         if shape.size == 0:
             continue
         scale = min(1.0, max_hw[0] / shape.shape[0], max_hw[1] / shape.shape[1])
@@ -448,16 +448,22 @@ def _place(
     return int(np.clip(round(cy - sh / 2), 0, h - sh)), int(np.clip(round(cx - sw / 2), 0, w - sw))
 
 
-def _layout(rng: np.random.Generator, h: int, w: int) -> tuple[list[np.ndarray], list[tuple[int, int]], list[int]]:
-    """Silhouettes, corners and labels of 1-3 objects that each stay at least MIN_VISIBLE_OWN visible."""
+def _layout(
+    rng: np.random.Generator, h: int, w: int, kinds: tuple[int, ...]
+) -> tuple[list[np.ndarray], list[tuple[int, int]], list[int]]:
+    """Silhouettes, corners and labels of 1-3 objects that each stay at least MIN_VISIBLE_OWN visible.
+
+    ``kinds[label - 1]`` is the PHOTO_CLASSES index (from 1) whose shape and texture label ``label`` takes.
+    """
     side = min(h, w)
     while True:
         n = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
         extents = (0.45, 0.85) if n == 1 else (0.3, 0.65)
-        labels = [int(x) for x in rng.integers(1, len(PHOTO_CLASSES) + 1, n)]
+        labels = [int(x) for x in rng.integers(1, len(kinds) + 1, n)]
         shapes, corners, full = [], [], []
         for label in labels:
-            shape = _silhouette(rng, label, rng.uniform(*extents) * side, (int(0.95 * h), int(0.95 * w)))
+            kind = kinds[label - 1]
+            shape = _silhouette(rng, kind, rng.uniform(*extents) * side, (int(0.95 * h), int(0.95 * w)))
             near = None
             if corners and rng.random() < 0.6:
                 k = int(rng.integers(len(corners)))
@@ -502,23 +508,38 @@ def _distractors(rng: np.random.Generator, image: np.ndarray, light: float) -> N
         _composite(rng, image, shape, y0, x0, layer, light)
 
 
-def photo_sample(seed: int, index: int, size: int = 160, distractors: bool = True) -> PhotoSample:
+def class_kinds(classes: tuple[str, ...]) -> tuple[int, ...]:
+    """The PHOTO_CLASSES index (from 1) of every name in ``classes``; a ValueError names an unknown or repeated one."""
+    unknown = [name for name in classes if name not in PHOTO_CLASSES]
+    if unknown or not classes or len(set(classes)) != len(classes):
+        what = f"unknown class {unknown[0]!r}" if unknown else "an empty or repeated class list"
+        raise ValueError(f"{what}; choose distinct names from {', '.join(PHOTO_CLASSES)}")
+    return tuple(PHOTO_CLASSES.index(name) + 1 for name in classes)
+
+
+def photo_sample(
+    seed: int, index: int, size: int = 160, distractors: bool = True, classes: tuple[str, ...] = PHOTO_CLASSES
+) -> PhotoSample:
     """Render image ``index`` of the photo-style dataset drawn with ``seed``; independent of the other images.
 
-    ``distractors`` False leaves out the unlabelled blobs and strokes on the background.
+    ``distractors`` False leaves out the unlabelled blobs and strokes on the background. ``classes``
+    (a subset of PHOTO_CLASSES, in label order) are the only object classes drawn; label k is
+    ``classes[k - 1]``.
     """
     if size < MIN_SIZE:
         raise ValueError(f"photo-style images need size >= {MIN_SIZE}")
+    kinds = class_kinds(classes)
     rng = np.random.default_rng([seed, index, _STREAM])
     h, w = size, int(round(size * rng.uniform(0.75, 1.33)))
     light = rng.uniform(0, 2 * math.pi)  # one light direction per image: shadows and shading agree
     image = _background(rng, h, w)
     if distractors:
         _distractors(rng, image, light)
-    shapes, corners, labels = _layout(rng, h, w)
+    shapes, corners, labels = _layout(rng, h, w, kinds)
     silhouettes = []
     for shape, (y0, x0), label in zip(shapes, corners, labels):
-        layer = functools.partial(_texture, rng, CLASS_SOURCES[label - 1], zoom=(0.5, 1.5), tints=CLASS_TINTS)
+        source = CLASS_SOURCES[kinds[label - 1] - 1]
+        layer = functools.partial(_texture, rng, source, zoom=(0.5, 1.5), tints=CLASS_TINTS)
         _composite(rng, image, shape, y0, x0, layer, light)
         silhouette = np.zeros((h, w), bool)
         silhouette[y0 : y0 + shape.shape[0], x0 : x0 + shape.shape[1]] = shape
@@ -542,9 +563,11 @@ def photo_sample(seed: int, index: int, size: int = 160, distractors: bool = Tru
 
 def generate_photo_dataset(
     out: str | Path, n_images: int = 240, size: int = 160, seed: int = 0, val_fraction: float = 0.25,
-    distractors: bool = True,
+    distractors: bool = True, classes: tuple[str, ...] = PHOTO_CLASSES,
 ) -> dict:
     """Write the photo-style set in the VOC layout under ``out`` (splits and classes.txt as the demo set).
+
+    ``classes`` picks which of PHOTO_CLASSES are drawn (fewer classes: an easier recognition task).
 
     Returns the demo set's summary (image counts per split, object counts per class, mean box fill
     = visible mask area over box area) plus ``mean_object_fill``: whole object area over box area,
@@ -552,14 +575,15 @@ def generate_photo_dataset(
     """
     if n_images < 2 or size < MIN_SIZE or not 0 < val_fraction < 1:
         raise ValueError(f"generate_photo_dataset needs n_images >= 2, size >= {MIN_SIZE} and 0 < val_fraction < 1")
+    class_kinds(classes)
     object_fills: list[float] = []
 
     def render(index: int) -> PhotoSample:
-        sample = photo_sample(seed, index, size, distractors)
+        sample = photo_sample(seed, index, size, distractors, classes)
         object_fills.extend(np.count_nonzero(s) / b.area for s, b in zip(sample.silhouettes, sample.boxes))
         return sample
 
     summary = write_synthetic_dataset(
-        out, n_images, seed, val_fraction, PHOTO_CLASSES, render, "photo", "synthetic photo set"
+        out, n_images, seed, val_fraction, tuple(classes), render, "photo", "synthetic photo set"
     )
     return {**summary, "mean_object_fill": float(np.mean(object_fills))}
