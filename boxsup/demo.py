@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import statistics
 import time
 from pathlib import Path
 
 from boxsup.config import load_config
 from boxsup.data.synth import generate_dataset
+from boxsup.errors import BoxSupError
 from boxsup.platform.tracking import tracking_uri
 from boxsup.platform.launch import RunResult, run_boxsup
 from boxsup.utils.storage import open_location
@@ -24,26 +26,52 @@ VARIANTS: list[tuple[str, list[str]]] = [
 ]
 
 
-def results_table(results: list[tuple[str, RunResult, float]]) -> str:
-    """Markdown table: val mIoU, its share of the mask-supervised score, pseudo-label mIoU per round."""
-    reference = next((r.val_miou for name, r, _ in results if name == "mask-supervised"), None)
+def _spread(values: list[float]) -> str:
+    """``0.485`` for one value; ``0.485 ± 0.006`` (mean ± sample standard deviation) for several."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def results_table(results: list[tuple[str, list[RunResult], float]]) -> str:
+    """Markdown table: val mIoU, its share of the mask-supervised score, pseudo-label mIoU per round.
+
+    Each row holds the runs of one variant, one per seed: with several, every number is their mean
+    (± the sample standard deviation for val mIoU), and the seeds' own val scores follow the table.
+    """
+    means = {name: statistics.mean(r.val_miou for r in runs) for name, runs, _ in results}
+    reference = means.get("mask-supervised")
     lines = [
         "| supervision | val mIoU | % of mask | pixel acc. | pseudo-label mIoU, first -> last round | minutes |",
         "|---|---|---|---|---|---|",
     ]
-    for name, r, seconds in results:
-        share = f"{100 * r.val_miou / reference:.1f}%" if reference else "-"
-        pseudo = f"{r.pseudo_miou[0]:.3f} -> {r.pseudo_miou[-1]:.3f}" if r.pseudo_miou else "(GT masks)"
-        lines.append(f"| {name} | {r.val_miou:.3f} | {share} | {r.val_pixel_accuracy:.3f} | {pseudo} | {seconds / 60:.1f} |")
-    for name, r, _ in results:
-        if len(r.pseudo_miou) > 1:
-            rounds = " ".join(f"{v:.3f}" for v in r.pseudo_miou)
+    for name, runs, seconds in results:
+        share = f"{100 * means[name] / reference:.1f}%" if reference else "-"
+        labelled = [r for r in runs if r.pseudo_miou]
+        pseudo = "(GT masks)"
+        if labelled:
+            first = statistics.mean(r.pseudo_miou[0] for r in labelled)
+            pseudo = f"{first:.3f} -> {statistics.mean(r.pseudo_miou[-1] for r in labelled):.3f}"
+        accuracy = statistics.mean(r.val_pixel_accuracy for r in runs)
+        lines.append(f"| {name} | {_spread([r.val_miou for r in runs])} | {share} | {accuracy:.3f} | {pseudo} | "
+                     f"{seconds / 60:.1f} |")
+    if any(len(runs) > 1 for _, runs, _ in results):
+        lines.append("")
+        lines += [f"val mIoU by seed, {name}: " + " ".join(f"{r.val_miou:.3f}" for r in runs) for name, runs, _ in results]
+    for name, runs, _ in results:
+        if len(runs) == 1 and len(runs[0].pseudo_miou) > 1:
+            rounds = " ".join(f"{v:.3f}" for v in runs[0].pseudo_miou)
             lines.append(f"\npseudo-label mIoU by round, {name}: {rounds}")
     return "\n".join(lines)
 
 
-def run_demo(config: str | Path, data_dir: Path, overrides: list[str] | None = None) -> list[tuple[str, RunResult, float]]:
-    """Make the demo data if absent, train every variant, print and save the comparison table."""
+def run_demo(
+    config: str | Path, data_dir: Path, overrides: list[str] | None = None, seeds: int = 1
+) -> list[tuple[str, list[RunResult], float]]:
+    """Make the demo data if absent, train every variant (``seeds`` times, with the config's seed and
+    the next ones), print and save the comparison table."""
+    if seeds < 1:
+        raise BoxSupError(f"demo: --seeds must be at least 1, got {seeds}")
     if not (data_dir / "ImageSets" / "Segmentation" / "train.txt").is_file():
         print(f"writing the synthetic demo dataset to {data_dir}")
         generate_dataset(data_dir)
@@ -51,10 +79,15 @@ def run_demo(config: str | Path, data_dir: Path, overrides: list[str] | None = N
     for name, variant in VARIANTS:
         print(f"\n=== {name} ===", flush=True)
         slug = re.sub(r"[^a-z0-9_]+", "-", name.split(" (")[0].lower().replace("/", "")).strip("-")
-        cfg = load_config(config, [f"data.root={data_dir}", f"tracking.run_name=demo-{slug}", *variant, *(overrides or [])])
-        started = time.perf_counter()
-        result = run_boxsup(cfg)
-        results.append((name, result, time.perf_counter() - started))
+        settings = [f"data.root={data_dir}", f"tracking.run_name=demo-{slug}", *variant, *(overrides or [])]
+        cfg = load_config(config, settings)
+        runs, started = [], time.perf_counter()
+        for seed in range(cfg["seed"], cfg["seed"] + seeds):
+            if seeds > 1:
+                print(f"--- seed {seed} ---", flush=True)
+                cfg = load_config(config, [*settings, f"seed={seed}", f"tracking.run_name=demo-{slug}-seed{seed}"])
+            runs.append(run_boxsup(cfg))
+        results.append((name, runs, time.perf_counter() - started))
     table = results_table(results)
     print("\n" + table)
     output = open_location(cfg["output"]["dir"])  # a local directory or a URI
