@@ -11,6 +11,8 @@ boxes on the visible pixels. This one is closer to real box supervision:
   (crescents; the moon), ``ring`` (annuli, some broken; coins), ``bracket`` (L and U shapes; brick),
   ``star`` (star polygons with 4-7 points; stained tissue), ``signpost`` (a sign on a thin pole;
   the rocket photograph). Every silhouette gets a random rotation, flip and smooth elastic warp.
+  ``classes`` draws only a subset of them (fewer classes: a task the small CPU network recognises
+  better, so that label quality, not recognition, bounds the val score).
 * Unlabelled distractors (smooth radial-noise blobs and thick curved strokes), some textured like
   a class, sit on the background; objects and distractors cast soft shadows, objects are shaded
   and their borders blurred, the whole image gets a light gradient, vignette, blur and noise.
