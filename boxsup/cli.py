@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(demo, "override config keys of every variant")
     demo.add_argument("--seeds", type=int, default=1,
                       help="train every row this many times (the config's seed and the next ones) and report "
-                           "mean ± standard deviation: single runs differ by about a point of val mIoU")
+                           "mean ± standard deviation: single runs differ by one to three points of val mIoU")
     demo.add_argument("--extra-boxes", action="store_true",
                       help="instead: masks on 1/6 of the images vs the same + COCO-format boxes on the rest")
     demo.set_defaults(func=_cmd_demo)

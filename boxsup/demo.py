@@ -37,7 +37,8 @@ def results_table(results: list[tuple[str, list[RunResult], float]]) -> str:
     """Markdown table: val mIoU, its share of the mask-supervised score, pseudo-label mIoU per round.
 
     Each row holds the runs of one variant, one per seed: with several, every number is their mean
-    (± the sample standard deviation for val mIoU), and the seeds' own val scores follow the table.
+    (± the sample standard deviation for val mIoU), the minutes are the row's total, and the seeds'
+    own val scores follow the table.
     """
     means = {name: statistics.mean(r.val_miou for r in runs) for name, runs, _ in results}
     reference = means.get("mask-supervised")
