@@ -76,17 +76,19 @@ def run_demo(
     if not (data_dir / "ImageSets" / "Segmentation" / "train.txt").is_file():
         print(f"writing the synthetic demo dataset to {data_dir}")
         generate_dataset(data_dir)
+    first_seed = load_config(config, [f"data.root={data_dir}", *(overrides or [])])["seed"]
     results = []
     for name, variant in VARIANTS:
         print(f"\n=== {name} ===", flush=True)
         slug = re.sub(r"[^a-z0-9_]+", "-", name.split(" (")[0].lower().replace("/", "")).strip("-")
-        settings = [f"data.root={data_dir}", f"tracking.run_name=demo-{slug}", *variant, *(overrides or [])]
-        cfg = load_config(config, settings)
         runs, started = [], time.perf_counter()
-        for seed in range(cfg["seed"], cfg["seed"] + seeds):
+        settings = [f"data.root={data_dir}", f"tracking.run_name=demo-{slug}", *variant, *(overrides or [])]
+        for seed in range(first_seed, first_seed + seeds):
+            per_seed = []  # one seed: the settings as given (a --set tracking.run_name stands)
             if seeds > 1:
                 print(f"--- seed {seed} ---", flush=True)
-                cfg = load_config(config, [*settings, f"seed={seed}", f"tracking.run_name=demo-{slug}-seed{seed}"])
+                per_seed = [f"seed={seed}", f"tracking.run_name=demo-{slug}-seed{seed}"]
+            cfg = load_config(config, [*settings, *per_seed])
             runs.append(run_boxsup(cfg))
         results.append((name, runs, time.perf_counter() - started))
     table = results_table(results)
