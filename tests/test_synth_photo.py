@@ -146,7 +146,7 @@ def test_no_distractors_is_deterministic_and_changes_only_the_background(tmp_pat
     assert "--no-distractors needs --style photo" in capsys.readouterr().err
 
 
-def test_class_subset_draws_only_those_classes_with_their_own_shapes(tmp_path, capsys):
+def test_class_subset_draws_only_those_classes_in_the_given_label_order(tmp_path, capsys):
     """--classes: only the given classes, label k the k-th name; the files are the samples; bad names are errors."""
     out = tmp_path / "subset"
     assert main(["data", "synth", "--style", "photo", "--classes", "star,animal", "--out", str(out), "--images", "6",
