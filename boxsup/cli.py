@@ -297,11 +297,11 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
         if args.seeds != 1:
             raise BoxSupError("demo: --seeds is for the six-row comparison; drop it with --extra-boxes")
-        run_extra_boxes_demo(args.config, Path(args.data), args.set)
+        run_extra_boxes_demo(args.config, Path(args.data or "demo_data"), args.set)
         return
     from boxsup.demo import run_demo
 
-    run_demo(args.config, Path(args.data), args.set, args.seeds)
+    run_demo(args.config, None if args.data is None else Path(args.data), args.set, args.seeds)
 
 
 def _add_set(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -432,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole comparison on the synthetic demo data")
     demo.add_argument("--config", default="configs/demo.yaml")
-    demo.add_argument("--data", default="demo_data")
+    demo.add_argument("--data", help="a VOC-layout dataset root (default: the config's data.root, else demo_data); "
+                                     "the synthetic demo set is written there only if it is absent or empty. "
+                                     "Leave it out with a config that reads data.sources (COCO, SBD, ...)")
     _add_set(demo, "override config keys of every variant")
     demo.add_argument("--seeds", type=int, default=1,
                       help="train every row this many times (the config's seed and the next ones) and report "

@@ -7,8 +7,8 @@ import statistics
 import time
 from pathlib import Path
 
-from boxsup.config import load_config
-from boxsup.data.synth import generate_dataset
+from boxsup.config import load_config, read_yaml_mapping
+from boxsup.data.synth import ensure_demo_dataset
 from boxsup.errors import BoxSupError
 from boxsup.platform.tracking import tracking_uri
 from boxsup.platform.launch import RunResult, run_boxsup
@@ -66,23 +66,55 @@ def results_table(results: list[tuple[str, list[RunResult], float]]) -> str:
     return "\n".join(lines)
 
 
+def demo_data_settings(config: str | Path, data_dir: Path | None, overrides: list[str]) -> tuple[list[str], int]:
+    """The ``--set`` settings that point every row at the data, and the number of training sources.
+
+    ``data_dir`` (or, without it, the config's ``data.root``) is a VOC-layout root; the synthetic demo
+    set is written there only when it is absent or empty, never into a folder that holds anything.
+    A config with ``data.sources`` (COCO, SBD, several sources) is used as it is, without ``data_dir``.
+    """
+    data = read_yaml_mapping(config, "config file", "config keys").get("data") or {}
+    if data.get("sources"):
+        if data_dir is not None:
+            raise BoxSupError(f"demo: --data {data_dir} is a VOC-layout root, but {config} reads data.sources; "
+                              "drop --data (the rows then train on the config's sources)")
+        return [], len(load_config(config, overrides)["data"]["sources"])
+    data_dir = Path(data_dir or data.get("root") or "demo_data")
+    ensure_demo_dataset(data_dir)
+    return [f"data.root={data_dir}"], 0
+
+
+def row_settings(variant: list[str], n_sources: int) -> list[str]:
+    """A row's settings; with ``data.sources``, its ``data.supervision`` set on every training source."""
+    if not n_sources:
+        return variant
+    out = []
+    for setting in variant:
+        if setting.startswith("data.supervision="):
+            value = setting.split("=", 1)[1]
+            out += [f"data.sources[{i}].supervision={value}" for i in range(n_sources)]
+        else:
+            out.append(setting)
+    return out
+
+
 def run_demo(
-    config: str | Path, data_dir: Path, overrides: list[str] | None = None, seeds: int = 1
+    config: str | Path, data_dir: Path | None = None, overrides: list[str] | None = None, seeds: int = 1
 ) -> list[tuple[str, list[RunResult], float]]:
-    """Make the demo data if absent, train every variant (``seeds`` times, with the config's seed and
-    the next ones), print and save the comparison table."""
+    """Train every variant (``seeds`` times, with the config's seed and the next ones) on the data
+    (``demo_data_settings``: the demo set is written first where it is absent), print and save the
+    comparison table."""
     if seeds < 1:
         raise BoxSupError(f"demo: --seeds must be at least 1, got {seeds}")
-    if not (data_dir / "ImageSets" / "Segmentation" / "train.txt").is_file():
-        print(f"writing the synthetic demo dataset to {data_dir}")
-        generate_dataset(data_dir)
-    first_seed = load_config(config, [f"data.root={data_dir}", *(overrides or [])])["seed"]
+    data_settings, n_sources = demo_data_settings(config, data_dir, overrides or [])
+    first_seed = load_config(config, [*data_settings, *(overrides or [])])["seed"]
     results = []
     for name, variant in VARIANTS:
         print(f"\n=== {name} ===", flush=True)
         slug = re.sub(r"[^a-z0-9_]+", "-", name.split(" (")[0].lower().replace("/", "")).strip("-")
         runs, started = [], time.perf_counter()
-        settings = [f"data.root={data_dir}", f"tracking.run_name=demo-{slug}", *variant, *(overrides or [])]
+        settings = [*data_settings, f"tracking.run_name=demo-{slug}", *row_settings(variant, n_sources),
+                    *(overrides or [])]
         for seed in range(first_seed, first_seed + seeds):
             per_seed = []  # one seed: the settings as given (a --set tracking.run_name stands)
             if seeds > 1:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from boxsup.config import check_data_section, load_config
-from boxsup.data.synth import generate_dataset
+from boxsup.data.synth import ensure_demo_dataset
 from boxsup.data.to_coco import write_coco_copy
 from boxsup.data.dataset import read_list_file
 from boxsup.data.voc import write_split
@@ -54,9 +54,7 @@ def extra_boxes_configs(config: str | Path, data_dir: Path, coco_dir: Path,
 
 def run_extra_boxes_demo(config: str | Path, data_dir: Path, overrides: list[str] | None = None) -> list[tuple[str, RunResult, float]]:
     """Make the demo data, its lists and the COCO copy if absent; train both runs; print and save the table."""
-    if not (data_dir / "ImageSets" / "Segmentation" / "train.txt").is_file():
-        print(f"writing the synthetic demo dataset to {data_dir}")
-        generate_dataset(data_dir)
+    ensure_demo_dataset(data_dir)
     coco_dir = data_dir.parent / f"{data_dir.name}-coco-boxes"
     runs = extra_boxes_configs(config, data_dir, coco_dir, overrides)  # checked before any file is written
     masked, boxed = split_masked_and_boxed(data_dir, runs[0][1]["seed"])

@@ -1,6 +1,11 @@
 """`boxsup demo`'s comparison table and its --seeds: one run per row and seed, means and spreads as printed."""
 
+from pathlib import Path
+
+import yaml
+
 from boxsup import demo
+from boxsup.data import synth as demo_data
 from boxsup.cli import main
 from boxsup.platform.launch import RunResult
 
@@ -52,3 +57,54 @@ def test_bad_seed_counts_are_one_line_errors(tmp_path, capsys):
     assert main(["demo", "--extra-boxes", "--seeds", "3", "--data", str(tmp_path / "none")]) == 2
     assert "drop it with --extra-boxes" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_demo_never_writes_its_synthetic_set_into_a_folder_that_holds_a_dataset(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(demo, "run_boxsup", lambda cfg: seen.append(cfg["data"]["root"]) or result(0.4, [0.7]))
+    coco_like = tmp_path / "coco"
+    (coco_like / "annotations").mkdir(parents=True)
+    (coco_like / "annotations" / "instances_train.json").write_text("{}")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output: {{dir: {tmp_path / 'runs'}}}\n")
+    demo.run_demo(config, coco_like)
+    assert sorted(p.name for p in coco_like.iterdir()) == ["annotations"]  # nothing written into it
+    assert seen == [str(coco_like)] * len(demo.VARIANTS)  # read as the user's data (its reader says what is wrong)
+
+
+def test_demo_writes_its_set_into_an_absent_or_empty_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "run_boxsup", lambda cfg: result(0.4, [0.7]))
+    written = []
+    monkeypatch.setattr(demo_data, "generate_dataset", lambda out: written.append(Path(out)))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output: {{dir: {tmp_path / 'runs'}}}\n")
+    (tmp_path / "empty").mkdir()
+    demo.run_demo(config, tmp_path / "empty")
+    demo.run_demo(config, tmp_path / "absent")
+    assert written == [tmp_path / "empty", tmp_path / "absent"]
+
+
+def test_demo_with_data_sources_sets_each_rows_supervision_on_every_source(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(demo, "run_boxsup", lambda cfg: seen.append(
+        ([s["supervision"] for s in cfg["data"]["sources"]], cfg["proposals"]["method"])) or result(0.4, [0.7]))
+    for name in ("a", "b", "v"):
+        (tmp_path / name / "ImageSets" / "Segmentation").mkdir(parents=True)
+    sources = [{"name": n, "format": "voc", "root": str(tmp_path / n), "split": "train", "supervision": "semi",
+                "mask_fraction": 0.5} for n in ("a", "b")]
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"output": {"dir": str(tmp_path / "runs")}, "data": {
+        "sources": sources, "val": {"name": "v", "format": "voc", "root": str(tmp_path / "v"), "split": "val"}}}))
+    demo.run_demo(config)
+    assert seen == [(["mask", "mask"], "ss"), (["box", "box"], "ss"), (["box", "box"], "ss"), (["box", "box"], "ss"),
+                    (["box", "box"], "rectangles"), (["box", "box"], "grabcut")]
+
+
+def test_demo_data_beside_data_sources_is_a_one_line_error(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {
+        "sources": [{"name": "a", "format": "voc", "root": str(tmp_path), "split": "train", "supervision": "box"}],
+        "val": {"name": "v", "format": "voc", "root": str(tmp_path), "split": "val"}}}))
+    assert main(["demo", "--config", str(config), "--data", str(tmp_path / "d")]) == 2
+    assert "reads data.sources; drop --data" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from boxsup.data.annotations import BACKGROUND, Box
+from boxsup.errors import BoxSupError
 from boxsup.data.voc import write_split, write_voc_sample
 from boxsup.utils.files import write_text_atomic
 
@@ -265,6 +266,17 @@ def generate_dataset(
     return write_synthetic_dataset(
         out, n_images, seed, val_fraction, DEMO_CLASSES, lambda i: synth_sample(seed, i, size), "synth", "synthetic demo set"
     )
+
+
+def ensure_demo_dataset(out: str | Path) -> None:
+    """Write the demo set to ``out`` when it is absent or an empty folder; a folder holding anything is
+    left as it is (it is the user's dataset, read as such), and a file there is refused."""
+    out = Path(out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        print(f"writing the synthetic demo dataset to {out}")
+        generate_dataset(out)
+    elif not out.is_dir():
+        raise BoxSupError(f"{out}: not a directory; give a dataset root in the VOC layout")
 
 
 def write_synthetic_dataset(
