@@ -455,7 +455,8 @@ def resolve_classes(cfg: dict[str, Any]) -> tuple[str, ...]:
     or with data.sources to the first source's root).
 
     'auto' reads ``<data.root>/classes.txt`` (one name per line, in label-id order) when the dataset
-    has one, and takes the 20 PASCAL VOC classes otherwise.
+    has one; else, when the first source is COCO, the categories its JSON declares (in id order);
+    else the 20 PASCAL VOC classes.
     """
     from boxsup.data.voc import VOC_CLASSES
 
@@ -464,6 +465,11 @@ def resolve_classes(cfg: dict[str, Any]) -> tuple[str, ...]:
         return tuple(spec)
     root = Path(class_root(cfg))
     if spec == "auto":
+        coco_file = first_coco_annotations(cfg)
+        if not (root / "classes.txt").is_file() and coco_file is not None:
+            from boxsup.data.coco import coco_category_names
+
+            return coco_category_names(coco_file)
         spec = "classes.txt" if (root / "classes.txt").is_file() else "voc"
     if spec == "voc":
         return VOC_CLASSES
@@ -473,6 +479,17 @@ def resolve_classes(cfg: dict[str, Any]) -> tuple[str, ...]:
     if not path.is_file():
         raise BoxSupError(f"config key data.classes: {spec!r} is neither 'auto', 'voc' nor an existing file")
     return read_class_file(path)
+
+
+def first_coco_annotations(cfg: dict[str, Any]) -> Path | None:
+    """The annotations file of the first training source when it is a COCO one, else None."""
+    from boxsup.data.sources import parse_source
+
+    sources = cfg["data"].get("sources")
+    if not sources or not isinstance(sources[0], dict) or sources[0].get("format") != "coco":
+        return None
+    spec = parse_source(sources[0], "data.sources[0]")
+    return spec.path(spec.annotations)
 
 
 def class_root(cfg: dict[str, Any]) -> str:

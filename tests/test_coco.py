@@ -9,6 +9,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from boxsup.cli import main
+from boxsup.config import resolve_classes
 from boxsup.data.annotations import IGNORE, Box
 from boxsup.data.coco import CocoDataset
 from boxsup.data.images import SizeMismatchError
@@ -372,3 +373,23 @@ def test_cli_synth_writes_the_coco_copy_beside(tmp_path, capsys):
     for split in ("train", "val"):
         assert (tmp_path / "demo-coco" / "annotations" / f"instances_{split}.json").is_file()
     assert (out / "JPEGImages").is_dir()
+
+
+def coco_config(root, **data):
+    source = {"name": "c", "format": "coco", "root": str(root), "annotations": "annotations/instances_train2014.json",
+              "images": "train2014", "supervision": "box"}
+    return {"data": {"classes": "auto", "sources": [source], "val": dict(source, name="v"), **data}}
+
+
+def test_auto_classes_of_a_coco_source_are_its_categories_in_id_order(tmp_path):
+    shuffled = [CATEGORIES[3], CATEGORIES[0], CATEGORIES[4], CATEGORIES[2], CATEGORIES[1]]
+    write_instances(tmp_path, [image_entry(1)], [ann(1, 1, 18, (1, 1, 5, 5))], categories=shuffled)
+    assert resolve_classes(coco_config(tmp_path)) == ("person", "airplane", "cat", "dog", "giraffe")
+    (tmp_path / "classes.txt").write_text("dog\ncat\n")  # a classes.txt beside it is the user's word
+    assert resolve_classes(coco_config(tmp_path)) == ("dog", "cat")
+    assert resolve_classes(coco_config(tmp_path, classes="voc")) == VOC_CLASSES
+
+
+def test_auto_classes_of_a_missing_coco_file_is_one_line_naming_it(tmp_path):
+    with pytest.raises(BoxSupError, match="instances_train2014.json: COCO annotations file not found"):
+        resolve_classes(coco_config(tmp_path))

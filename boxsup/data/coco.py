@@ -75,7 +75,7 @@ class CocoDataset(SegmentationDataset):
         self.skips = SkipCounts()
         self.mapping = ClassMapping(self.classes, class_map, aliases=coco_aliases(self.classes),
                                     where=f"source {self.name!r} class_map")
-        self.coco = self._index(self._read_json())
+        self.coco = self._index(read_coco_json(self.list_file))
         self._category = {cat_id: (cat["name"], self.mapping.id_of(cat["name"])) for cat_id, cat in self.coco.cats.items()}
         self._paint = {cat_id: self._mask_value(name, label) for cat_id, (name, label) in self._category.items()}
         names = {name for name, _ in self._category.values()}
@@ -94,73 +94,6 @@ class CocoDataset(SegmentationDataset):
         self.ids = list(self._image_of)
         if not self.ids:
             raise BoxSupError(f"{self.list_file}: holds no images")
-
-    # ------------------------------------------------------------------ reading and checking the JSON
-
-    def _read_json(self) -> dict[str, Any]:
-        path = self.list_file
-        if not path.is_file():
-            raise BoxSupError(f"{path}: COCO annotations file not found")
-        try:
-            with path.open("rb") as f:
-                data = json.load(f)
-        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-            raise BoxSupError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise BoxSupError(f"{path}: top level must be a JSON object with {', '.join(TOP_LEVEL_KEYS)}")
-        for key in TOP_LEVEL_KEYS:
-            if key not in data:
-                raise BoxSupError(f"{path}: missing top-level key {key!r} (a COCO instances file has "
-                                  f"{', '.join(TOP_LEVEL_KEYS)})")
-            if not isinstance(data[key], list):
-                raise BoxSupError(f"{path}: top-level key {key!r} must be a list, got {type(data[key]).__name__}")
-        self._check_entries(data)
-        return data
-
-    def _check_entries(self, data: dict[str, Any]) -> None:
-        """Refuse, in one line naming the file, an entry without its fields or one that refers to nothing."""
-        path = self.list_file
-
-        def fields_of(kind: str, entries: list[Any], needed: tuple[str, ...]) -> set[Any]:
-            ids: set[Any] = set()
-            for k, entry in enumerate(entries):
-                if not isinstance(entry, dict):
-                    raise BoxSupError(f"{path}: {kind}[{k}] is not an object")
-                for key in needed:
-                    if key not in entry:
-                        raise BoxSupError(f"{path}: {kind}[{k}] lacks field {key!r} (needs {', '.join(needed)})")
-                if entry["id"] in ids:
-                    raise BoxSupError(f"{path}: {kind}[{k}] has id {entry['id']!r}, which an earlier entry already uses")
-                ids.add(entry["id"])
-            return ids
-
-        image_ids = fields_of("images", data["images"], IMAGE_FIELDS)
-        category_ids = fields_of("categories", data["categories"], CATEGORY_FIELDS)
-        fields_of("annotations", data["annotations"], ANNOTATION_FIELDS)
-        for image in data["images"]:
-            if not isinstance(image["file_name"], str) or not image["file_name"]:
-                raise BoxSupError(f"{path}: image id {image['id']!r} has file_name {image['file_name']!r}, not a file name")
-            if not all(isinstance(image[k], int) and not isinstance(image[k], bool) and image[k] > 0
-                       for k in ("width", "height")):
-                raise BoxSupError(f"{path}: image id {image['id']!r} has width/height {image['width']!r}/"
-                                  f"{image['height']!r}, not positive integers")
-        for cat in data["categories"]:
-            if not isinstance(cat["name"], str):
-                raise BoxSupError(f"{path}: category id {cat['id']!r} has name {cat['name']!r}, not a string")
-        for ann in data["annotations"]:
-            where = f"{path}: annotation id {ann['id']!r}"
-            if ann["category_id"] not in category_ids:
-                raise BoxSupError(f"{where} has unknown category id {ann['category_id']!r} (not in categories)")
-            if ann["image_id"] not in image_ids:
-                raise BoxSupError(f"{where} refers to image id {ann['image_id']!r}, which is not in images")
-            bbox = ann["bbox"]
-            if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-                raise BoxSupError(f"{where} has bbox {bbox!r}, not [x, y, width, height] numbers")
-            if ann.get("iscrowd", 0) not in (0, 1):
-                raise BoxSupError(f"{where} has iscrowd {ann['iscrowd']!r}, not 0 or 1")
-            segmentation = ann.get("segmentation")
-            if segmentation is not None and not isinstance(segmentation, (list, dict)):
-                raise BoxSupError(f"{where} has a segmentation that is neither a polygon list nor an RLE")
 
     def _mask_value(self, name: str, label: int | None) -> int:
         """What a category's pixels become in masks: its run class; void where class_map maps it to null
@@ -275,3 +208,75 @@ class CocoDataset(SegmentationDataset):
             raise BoxSupError(f"{self.list_file}: annotation id {ann['id']}: segmentation is "
                               f"{size_text(pixels.shape[1], pixels.shape[0])} but its image is {size_text(width, height)}")
         return pixels.astype(bool)
+
+
+def read_coco_json(path: Path) -> dict[str, Any]:
+    """A COCO instances file, checked (``check_coco_entries``); every problem one line naming the file."""
+    if not path.is_file():
+        raise BoxSupError(f"{path}: COCO annotations file not found")
+    try:
+        with path.open("rb") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise BoxSupError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BoxSupError(f"{path}: top level must be a JSON object with {', '.join(TOP_LEVEL_KEYS)}")
+    for key in TOP_LEVEL_KEYS:
+        if key not in data:
+            raise BoxSupError(f"{path}: missing top-level key {key!r} (a COCO instances file has "
+                              f"{', '.join(TOP_LEVEL_KEYS)})")
+        if not isinstance(data[key], list):
+            raise BoxSupError(f"{path}: top-level key {key!r} must be a list, got {type(data[key]).__name__}")
+    check_coco_entries(path, data)
+    return data
+
+def check_coco_entries(path: Path, data: dict[str, Any]) -> None:
+    """Refuse, in one line naming the file, an entry without its fields or one that refers to nothing."""
+
+    def fields_of(kind: str, entries: list[Any], needed: tuple[str, ...]) -> set[Any]:
+        ids: set[Any] = set()
+        for k, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise BoxSupError(f"{path}: {kind}[{k}] is not an object")
+            for key in needed:
+                if key not in entry:
+                    raise BoxSupError(f"{path}: {kind}[{k}] lacks field {key!r} (needs {', '.join(needed)})")
+            if entry["id"] in ids:
+                raise BoxSupError(f"{path}: {kind}[{k}] has id {entry['id']!r}, which an earlier entry already uses")
+            ids.add(entry["id"])
+        return ids
+
+    image_ids = fields_of("images", data["images"], IMAGE_FIELDS)
+    category_ids = fields_of("categories", data["categories"], CATEGORY_FIELDS)
+    fields_of("annotations", data["annotations"], ANNOTATION_FIELDS)
+    for image in data["images"]:
+        if not isinstance(image["file_name"], str) or not image["file_name"]:
+            raise BoxSupError(f"{path}: image id {image['id']!r} has file_name {image['file_name']!r}, not a file name")
+        if not all(isinstance(image[k], int) and not isinstance(image[k], bool) and image[k] > 0
+                   for k in ("width", "height")):
+            raise BoxSupError(f"{path}: image id {image['id']!r} has width/height {image['width']!r}/"
+                              f"{image['height']!r}, not positive integers")
+    for cat in data["categories"]:
+        if not isinstance(cat["name"], str):
+            raise BoxSupError(f"{path}: category id {cat['id']!r} has name {cat['name']!r}, not a string")
+    for ann in data["annotations"]:
+        where = f"{path}: annotation id {ann['id']!r}"
+        if ann["category_id"] not in category_ids:
+            raise BoxSupError(f"{where} has unknown category id {ann['category_id']!r} (not in categories)")
+        if ann["image_id"] not in image_ids:
+            raise BoxSupError(f"{where} refers to image id {ann['image_id']!r}, which is not in images")
+        bbox = ann["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            raise BoxSupError(f"{where} has bbox {bbox!r}, not [x, y, width, height] numbers")
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise BoxSupError(f"{where} has iscrowd {ann['iscrowd']!r}, not 0 or 1")
+        segmentation = ann.get("segmentation")
+        if segmentation is not None and not isinstance(segmentation, (list, dict)):
+            raise BoxSupError(f"{where} has a segmentation that is neither a polygon list nor an RLE")
+
+
+
+def coco_category_names(path: str | Path) -> tuple[str, ...]:
+    """The category names a COCO instances file declares, in category id order (its label order)."""
+    categories = read_coco_json(Path(path))["categories"]
+    return tuple(cat["name"] for cat in sorted(categories, key=lambda cat: cat["id"]))
