@@ -75,13 +75,21 @@ def test_demo_never_writes_its_synthetic_set_into_a_folder_that_holds_a_dataset(
 def test_demo_writes_its_set_into_an_absent_or_empty_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "run_boxsup", lambda cfg: result(0.4, [0.7]))
     written = []
-    monkeypatch.setattr(demo_data, "generate_dataset", lambda out: written.append(Path(out)))
+
+    def fake_generate(out):
+        written.append(Path(out).parent.parent)
+        Path(out).mkdir()
+        (Path(out) / "classes.txt").write_text("a\n")
+
+    monkeypatch.setattr(demo_data, "generate_dataset", fake_generate)
     config = tmp_path / "c.yaml"
     config.write_text(f"output: {{dir: {tmp_path / 'runs'}}}\n")
     (tmp_path / "empty").mkdir()
     demo.run_demo(config, tmp_path / "empty")
     demo.run_demo(config, tmp_path / "absent")
-    assert written == [tmp_path / "empty", tmp_path / "absent"]
+    assert written == [tmp_path, tmp_path]  # written beside the target, then moved into place whole
+    assert (tmp_path / "empty" / "classes.txt").is_file() and (tmp_path / "absent" / "classes.txt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["absent", "c.yaml", "empty", "runs"]
 
 
 def test_demo_with_data_sources_sets_each_rows_supervision_on_every_source(tmp_path, monkeypatch):

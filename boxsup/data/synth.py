@@ -12,6 +12,8 @@ The label mask is the very raster that paints each object.
 from __future__ import annotations
 
 import colorsys
+import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,13 +272,23 @@ def generate_dataset(
 
 def ensure_demo_dataset(out: str | Path) -> None:
     """Write the demo set to ``out`` when it is absent or an empty folder; a folder holding anything is
-    left as it is (it is the user's dataset, read as such), and a file there is refused."""
+    left as it is (it is the user's dataset, read as such), and a file there is refused.
+
+    The set is written beside ``out`` and moved into place whole, so an interrupted run leaves no
+    half-written dataset that a later run would take for the user's.
+    """
     out = Path(out)
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        print(f"writing the synthetic demo dataset to {out}")
-        generate_dataset(out)
-    elif not out.is_dir():
+    if out.exists() and not out.is_dir():
         raise BoxSupError(f"{out}: not a directory; give a dataset root in the VOC layout")
+    if out.exists() and any(out.iterdir()):
+        return
+    print(f"writing the synthetic demo dataset to {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
+        generate_dataset(Path(tmp) / "set")
+        if out.exists():
+            out.rmdir()
+        os.replace(Path(tmp) / "set", out)
 
 
 def write_synthetic_dataset(
