@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "consensus": 1.0,  # mu: weight of E_c, the disagreement with the box's near-best candidates (0: none)
         "consensus_margin": 0.1,  # the near-best: E_o within this of the box's best
         "sample_margin": 0.1,  # draw among the k lowest costs only those within this of the lowest (null: all k)
+        "greedy_round0": True,  # round 0 (no network yet) takes each box's lowest cost instead of drawing among k
         "trust_margin": 1.0,  # candidates with E_o within this of the box's best may be chosen (1: every one)
         "lam_ramp": 0,  # rounds over which lambda grows linearly from the first network round (0: at once)
         "ema": 0.0,  # the network scoring candidates: EMA of the weights over epochs with this decay (0: the last)
@@ -432,7 +433,7 @@ def check_data_section(cfg: dict[str, Any], given: dict[str, str]) -> None:
 
 # What assign.form: paper means for the settings only the robust form uses.
 PAPER_FORM = {"region_cost": "mean", "consensus": 0.0, "consensus_margin": 0.1, "sample_margin": None,
-              "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0, "void_k": 0}
+              "greedy_round0": False, "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0, "void_k": 0}
 
 
 def label_update_settings(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -83,14 +83,15 @@ def test_paper_form_is_one_value_away_and_iou_needs_error_costs():
 
     cfg = load_config(None, ["data.root=d", "assign.region_cost=iou", "assign.trust_margin=0.2", "assign.ema=0.5",
                              "assign.void_k=3", "assign.consensus=2",
-                             "assign.consensus_margin=0.05"])
+                             "assign.consensus_margin=0.05", "assign.greedy_round0=false"])
     assert label_update_settings(cfg) == {"region_cost": "iou", "consensus": 2.0,
                                           "consensus_margin": 0.05,
-                                          "sample_margin": cfg["assign"]["sample_margin"],
+                                          "sample_margin": cfg["assign"]["sample_margin"], "greedy_round0": False,
                                           "trust_margin": 0.2, "lam_ramp": cfg["assign"]["lam_ramp"], "ema": 0.5,
                                           "void_k": 3}
     cfg["assign"]["form"] = "paper"
     assert label_update_settings(cfg) == PAPER_FORM and PAPER_FORM["void_k"] == 0 and PAPER_FORM["consensus"] == 0
+    assert PAPER_FORM["greedy_round0"] is False  # the paper draws among the k lowest in every round
     cfg = load_config(None, ["data.root=d", "assign.form=robust", "assign.region_cost=iou", "assign.pixel_cost=xent"])
     with pytest.raises(BoxSupError, match="assign.region_cost: iou needs assign.pixel_cost: error"):
         label_update_settings(cfg)

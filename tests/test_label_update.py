@@ -120,3 +120,22 @@ def test_a_corrupt_proposal_file_is_a_counted_skip(tmp_path):
     assert summary.labelled == ["i0"]
     reasons = list(summary.skipped)
     assert any("i1.npz: corrupt proposal file" in r for r in reasons) and summary.skipped["no box"] == 1
+
+
+def test_round_0_takes_the_lowest_cost_when_greedy_and_draws_among_k_otherwise(tmp_path):
+    from dataclasses import replace
+
+    from boxsup.platform.assign_pool import Assigner
+
+    ds, anns, store = make_data(tmp_path)
+    box_only = np.zeros((24, 24), np.uint8)
+    box_only[4:14, 4:12] = 1  # the exact rectangle: the one candidate whose tight box is the box (E_o = 0)
+    spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / "l"), 3.0, 5, 0)
+    painted = {}
+    for greedy in (True, False):
+        for seed in range(8):
+            run = replace(spec, seed=seed, greedy_round0=greedy, label_store=str(tmp_path / f"l{greedy}{seed}"))
+            Assigner(run).assign(0, "i0", None)
+            painted[greedy, seed] = LabelStore(run.label_store).read(0, "i0")
+    assert all(np.array_equal(painted[True, s], box_only) for s in range(8))
+    assert any(not np.array_equal(painted[False, s], box_only) for s in range(8))  # the paper's draw among k

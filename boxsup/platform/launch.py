@@ -266,7 +266,7 @@ def train(
                           consensus=rule["consensus"],
                           consensus_margin=rule["consensus_margin"],
                           sample_margin=float("inf") if rule["sample_margin"] is None else rule["sample_margin"],
-                          void_k=rule["void_k"],
+                          void_k=rule["void_k"], greedy_round0=rule["greedy_round0"],
                           fault=fault)
     job = TrainingJob(cfg, annotations, str(run_dir), spec.label_store, spec.proposal_store,
                       RunLogger(cfg["tracking"]["uri"], record["mlflow_run_id"]), progress=progress, fault=fault,
