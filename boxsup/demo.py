@@ -1,4 +1,4 @@
-"""`boxsup demo`: the paper's Table 2 comparison on the synthetic demo dataset, one MLflow run each."""
+"""`boxsup demo`: the paper's Table 2 comparison (six rows, one MLflow run each) on the synthetic demo set or a user's own."""
 
 from __future__ import annotations
 

@@ -24,8 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from boxsup.data.annotations import BACKGROUND, Box
-from boxsup.errors import BoxSupError
 from boxsup.data.voc import write_split, write_voc_sample
+from boxsup.errors import BoxSupError
 from boxsup.utils.files import write_text_atomic
 
 DEMO_CLASSES: tuple[str, ...] = ("star", "ring", "cross", "triangle", "crescent")
