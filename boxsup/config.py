@@ -466,8 +466,8 @@ def resolve_classes(cfg: dict[str, Any]) -> tuple[str, ...]:
         return tuple(spec)
     root = Path(class_root(cfg))
     if spec == "auto":
-        coco_file = first_coco_annotations(cfg)
-        if not (root / "classes.txt").is_file() and coco_file is not None:
+        coco_file = None if (root / "classes.txt").is_file() else first_coco_annotations(cfg)
+        if coco_file is not None:
             from boxsup.data.coco import coco_category_names
 
             return coco_category_names(coco_file)
