@@ -466,12 +466,14 @@ def resolve_classes(cfg: dict[str, Any]) -> tuple[str, ...]:
         return tuple(spec)
     root = Path(class_root(cfg))
     if spec == "auto":
-        coco_file = None if (root / "classes.txt").is_file() else first_coco_annotations(cfg)
-        if coco_file is not None:
+        if (root / "classes.txt").is_file():
+            spec = "classes.txt"
+        elif (coco_file := first_coco_annotations(cfg)) is not None:
             from boxsup.data.coco import coco_category_names
 
             return coco_category_names(coco_file)
-        spec = "classes.txt" if (root / "classes.txt").is_file() else "voc"
+        else:
+            spec = "voc"
     if spec == "voc":
         return VOC_CLASSES
     path = Path(spec)

@@ -1,4 +1,4 @@
-"""`boxsup demo`: the paper's Table 2 comparison (six rows, one MLflow run each) on the synthetic demo set or a user's own."""
+"""`boxsup demo`: the paper's Table 2 comparison (six rows, one MLflow run each) on the demo set or a user's."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def demo_data_settings(config: str | Path, data_dir: Path | None, overrides: lis
         if data_dir is not None:
             raise BoxSupError(f"demo: --data {data_dir} is a VOC-layout root, but {config} reads data.sources; "
                               "drop --data (the rows then train on the config's sources)")
-        return [], len(load_config(config, overrides)["data"]["sources"])
+        return [], len(data["sources"])  # --set can change a source's fields, not their number
     data_dir = Path(data_dir or data.get("root") or "demo_data")
     ensure_demo_dataset(data_dir)
     return [f"data.root={data_dir}"], 0

@@ -230,6 +230,7 @@ def read_coco_json(path: Path) -> dict[str, Any]:
     check_coco_entries(path, data)
     return data
 
+
 def check_coco_entries(path: Path, data: dict[str, Any]) -> None:
     """Refuse, in one line naming the file, an entry without its fields or one that refers to nothing."""
 
@@ -273,7 +274,6 @@ def check_coco_entries(path: Path, data: dict[str, Any]) -> None:
         segmentation = ann.get("segmentation")
         if segmentation is not None and not isinstance(segmentation, (list, dict)):
             raise BoxSupError(f"{where} has a segmentation that is neither a polygon list nor an RLE")
-
 
 
 def coco_category_names(path: str | Path) -> tuple[str, ...]:

@@ -137,7 +137,8 @@ class VOCDataset(ListedDataset):
             label = self.mapping.id_of(name)
             if label is None and name not in self.mapping.class_map:
                 raise BoxSupError(f"{path}: unknown class {name!r} (known: {', '.join(self.classes)}; a dataset of "
-                                  f"other classes lists them in label-id order in {self.root / 'classes.txt'} or data.classes)")
+                                  f"other classes lists them in label-id order in {self.root / 'classes.txt'} "
+                                  "or data.classes)")
             if not label:  # mapped to null or to background by class_map
                 skips.append((f"class {name!r} dropped by class_map", f"{path} object {k}"))
                 continue
