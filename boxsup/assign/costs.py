@@ -13,9 +13,9 @@ not towards clearly worse ones). Round 0, before any network, is E_o + mu E_c al
 form takes the lowest cost there (``assign.greedy_round0``), the paper's form draws among k too.
 E_r is the network's disagreement with the label map that S induces inside B (l_B on S,
 background on the rest of B), from per-pixel costs e(p, l) = 1 - P(l | p)
-(``assign.pixel_cost: error``; ``xent``: -log P(l | p)). E_c (``assign.consensus`` mu = 1 in the robust form, 0 in the paper form) needs no network: of the
-candidates that fit the box about equally well it prefers the one they agree on most, their
-medoid. Two forms:
+(``assign.pixel_cost: error``; ``xent``: -log P(l | p)). E_c (``assign.consensus`` mu = 1 in the
+robust form, 0 in the paper form) needs no network: of the candidates that fit the box about
+equally well it prefers the one they agree on most, their medoid. Two forms:
 
 ``assign.form: robust`` (the default; measured in docs/results.md)
 
