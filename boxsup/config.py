@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "consensus": 1.0,  # mu: weight of E_c, the disagreement with the box's near-best candidates (0: none)
         "consensus_margin": 0.1,  # the near-best: E_o within this of the box's best
         "sample_margin": 0.1,  # draw among the k lowest costs only those within this of the lowest (null: all k)
-        "greedy_round0": True,  # round 0 (no network yet) takes each box's lowest cost instead of drawing among k
+        "greedy_round0": False,  # true: round 0 (no network yet) takes each box's lowest cost instead of drawing among k
         "trust_margin": 1.0,  # candidates with E_o within this of the box's best may be chosen (1: every one)
         "lam_ramp": 0,  # rounds over which lambda grows linearly from the first network round (0: at once)
         "ema": 0.0,  # the network scoring candidates: EMA of the weights over epochs with this decay (0: the last)
