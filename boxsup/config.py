@@ -53,9 +53,11 @@ DEFAULTS: dict[str, Any] = {
         "consensus_margin": 0.1,  # the near-best: E_o within this of the box's best
         "sample_margin": 0.1,  # draw among the k lowest costs only those within this of the lowest (null: all k)
         "greedy_round0": False,  # true: round 0 (no network yet) takes each box's lowest cost instead of drawing among k
+        "greedy_after_lr_step": True,  # rounds from train.lr_step on take each box's lowest cost (no draw)
         "trust_margin": 1.0,  # candidates with E_o within this of the box's best may be chosen (1: every one)
         "lam_ramp": 0,  # rounds over which lambda grows linearly from the first network round (0: at once)
         "ema": 0.0,  # the network scoring candidates: EMA of the weights over epochs with this decay (0: the last)
+        "score_flip": True,  # the network scores with P averaged over the image and its mirror image
         "void_k": 0,  # pixels of a box on which its void_k near-best candidates disagree are void (0: none)
         "num_actors": 2,  # Ray actors sharing the label update (each owns a shard of the proposal store)
         "actor_cpus": 1.0,
@@ -433,7 +435,8 @@ def check_data_section(cfg: dict[str, Any], given: dict[str, str]) -> None:
 
 # What assign.form: paper means for the settings only the robust form uses.
 PAPER_FORM = {"region_cost": "mean", "consensus": 0.0, "consensus_margin": 0.1, "sample_margin": None,
-              "greedy_round0": False, "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0, "void_k": 0}
+              "greedy_round0": False, "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0, "void_k": 0,
+              "score_flip": False, "greedy_after_lr_step": False}
 
 
 def label_update_settings(cfg: dict[str, Any]) -> dict[str, Any]:

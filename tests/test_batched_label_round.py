@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from boxsup.assign.assign import atom_mean_costs
+from boxsup.config import PAPER_FORM
 from boxsup.data.annotations import Box, Supervision
 from boxsup.data.label_store import LabelStore
 from boxsup.data.voc import VOCDataset, write_split, write_voc_sample
@@ -74,7 +75,7 @@ def spec_for(tmp_path, ds, store, name, seed=0):
                           region_cost="iou")
 
 
-def reference_round(tmp_path, ds, anns, store, model, round_index, name, kind):
+def reference_round(tmp_path, ds, anns, store, model, round_index, name, kind, flip=False):
     """The label round as it was before the speed work: one image at a time, nothing cached."""
     pool = RecordingPool(spec_for(tmp_path, ds, store, name))
     for ann in anns:
@@ -86,7 +87,7 @@ def reference_round(tmp_path, ds, anns, store, model, round_index, name, kind):
             except BoxSupError:
                 atoms = None
             if atoms is not None:
-                costs = pixel_costs(model, ds.image(ann.image_id), torch.device("cpu"), kind)
+                costs = pixel_costs(model, ds.image(ann.image_id), torch.device("cpu"), kind, flip)
                 sums = atom_mean_costs(costs, atoms, ann.labels_array())
         pool.submit(round_index, ann.image_id, sums)
     results = pool.collect()
@@ -94,9 +95,10 @@ def reference_round(tmp_path, ds, anns, store, model, round_index, name, kind):
     return {r.image_id: labels.read(round_index, r.image_id) for r in results if r.skipped is None}, pool.sent
 
 
-def batched_rounds(tmp_path, ds, anns, store, model, rounds, name, kind, workers, cache):
+def batched_rounds(tmp_path, ds, anns, store, model, rounds, name, kind, workers, cache, flip=False):
     pool = RecordingPool(spec_for(tmp_path, ds, store, name))
-    cfg = {"assign": {"pixel_cost": kind, "lam": 3.0}, "train": {"batch_size": 3, "loader_workers": workers}}
+    rule = {**PAPER_FORM, "form": "robust", "region_cost": "iou", "score_flip": True} if flip else {"form": "paper"}
+    cfg = {"assign": {"pixel_cost": kind, "lam": 3.0, **rule}, "train": {"batch_size": 3, "loader_workers": workers}}
     job = TrainingJob(cfg, anns, str(tmp_path), pool.assigner.spec.label_store, str(store.root), logger=None, pool=pool)
     ctx = LocalContext(tmp_path, torch.device("cpu"))
     labels, out = LabelStore(pool.assigner.spec.label_store), []
@@ -110,16 +112,17 @@ def inside_atoms(store, ann):
     return split_atoms_by_boxes(store.load_atoms(ann.image_id), ann.boxes_array())[2].any(axis=1)
 
 
-@pytest.mark.parametrize("kind", ["error", "xent"])
-def test_batched_round_gives_the_one_image_path_maps(tmp_path, kind):
+@pytest.mark.parametrize("kind, flip", [("error", False), ("xent", False), ("error", True)])
+def test_batched_round_gives_the_one_image_path_maps(tmp_path, kind, flip):
     ds, anns, store = make_data(tmp_path)
     torch.manual_seed(0)
     model = build_model("small", ds.num_classes, "none")
     cache = SplitAtomCache(1 << 20)
-    rounds = batched_rounds(tmp_path, ds, anns, store, model, [1, 2], "new", kind, 0, cache)
+    rounds = batched_rounds(tmp_path, ds, anns, store, model, [1, 2], "new", kind, 0, cache, flip)
     assert len(cache) == 5  # every image with boxes and a readable proposal file, split once
     for round_index, (maps, sent, summary) in zip([1, 2], rounds):  # round 2 runs on the cached split maps
-        expected, expected_sent = reference_round(tmp_path, ds, anns, store, model, round_index, f"ref{round_index}", kind)
+        expected, expected_sent = reference_round(tmp_path, ds, anns, store, model, round_index, f"ref{round_index}",
+                                                  kind, flip)
         assert sorted(maps) == sorted(expected) == ["im0", "im1", "im2", "im3", "im4"]
         assert summary.skipped == {"no box": 1, next(r for r in summary.skipped if "im5" in r): 1}
         for image_id in expected:
@@ -158,6 +161,20 @@ def test_a_batch_gives_each_image_its_batch_of_one_costs():
     for i in range(3):
         alone = batch_log_probs(model, images[i : i + 1], torch.device("cpu"))[0]
         torch.testing.assert_close(together[i], alone, rtol=1e-6, atol=1e-6)
+
+
+def test_flip_scoring_averages_the_image_and_its_mirror_back_in_place():
+    torch.manual_seed(0)
+    model = build_model("small", 4, "none")
+    images = torch.randn(2, 3, 40, 48)
+    flipped = batch_log_probs(model, images, torch.device("cpu"), flip=True)
+    plain = batch_log_probs(model, images, torch.device("cpu")).exp()
+    mirrored = batch_log_probs(model, images.flip(-1), torch.device("cpu")).exp().flip(-1)
+    torch.testing.assert_close(flipped.exp(), (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(flipped.exp().sum(1), torch.ones(2, 40, 48))  # still a distribution per pixel
+    # the mirror image scores as the mirror of the image's scores
+    torch.testing.assert_close(batch_log_probs(model, images.flip(-1), torch.device("cpu"), flip=True),
+                               flipped.flip(-1), rtol=1e-5, atol=1e-5)
 
 
 def test_the_split_cache_stays_within_its_bytes(tmp_path):

@@ -83,15 +83,20 @@ def test_paper_form_is_one_value_away_and_iou_needs_error_costs():
 
     cfg = load_config(None, ["data.root=d", "assign.region_cost=iou", "assign.trust_margin=0.2", "assign.ema=0.5",
                              "assign.void_k=3", "assign.consensus=2",
-                             "assign.consensus_margin=0.05", "assign.greedy_round0=false"])
+                             "assign.consensus_margin=0.05", "assign.greedy_round0=false",
+                             "assign.score_flip=false", "assign.greedy_after_lr_step=false"])
     assert label_update_settings(cfg) == {"region_cost": "iou", "consensus": 2.0,
                                           "consensus_margin": 0.05,
                                           "sample_margin": cfg["assign"]["sample_margin"], "greedy_round0": False,
                                           "trust_margin": 0.2, "lam_ramp": cfg["assign"]["lam_ramp"], "ema": 0.5,
-                                          "void_k": 3}
+                                          "void_k": 3, "score_flip": False,
+                                          "greedy_after_lr_step": False}
     cfg["assign"]["form"] = "paper"
     assert label_update_settings(cfg) == PAPER_FORM and PAPER_FORM["void_k"] == 0 and PAPER_FORM["consensus"] == 0
     assert PAPER_FORM["greedy_round0"] is False  # the paper draws among the k lowest in every round
+    defaults = load_config(None, ["data.root=d"])["assign"]
+    assert PAPER_FORM["score_flip"] is False and defaults["score_flip"] is True
+    assert PAPER_FORM["greedy_after_lr_step"] is False and defaults["greedy_after_lr_step"] is True
     cfg = load_config(None, ["data.root=d", "assign.form=robust", "assign.region_cost=iou", "assign.pixel_cost=xent"])
     with pytest.raises(BoxSupError, match="assign.region_cost: iou needs assign.pixel_cost: error"):
         label_update_settings(cfg)

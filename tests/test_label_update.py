@@ -139,3 +139,23 @@ def test_round_0_takes_the_lowest_cost_when_greedy_and_draws_among_k_otherwise(t
             painted[greedy, seed] = LabelStore(run.label_store).read(0, "i0")
     assert all(np.array_equal(painted[True, s], box_only) for s in range(8))
     assert any(not np.array_equal(painted[False, s], box_only) for s in range(8))  # the paper's draw among k
+
+
+def test_rounds_from_greedy_from_take_the_lowest_cost_and_earlier_ones_draw(tmp_path):
+    from dataclasses import replace
+
+    from boxsup.platform.assign_pool import Assigner
+
+    ds, anns, store = make_data(tmp_path)
+    box_only = np.zeros((24, 24), np.uint8)
+    box_only[4:14, 4:12] = 1  # the lowest cost (E_o = 0), as above
+    spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / "l"), 3.0, 5, 0,
+                          greedy_from=3)
+    painted = {}
+    for seed in range(8):
+        run = replace(spec, seed=seed, label_store=str(tmp_path / f"l{seed}"))
+        for round_index in (2, 3, 4):
+            Assigner(run).assign(round_index, "i0", None)
+            painted[round_index, seed] = LabelStore(run.label_store).read(round_index, "i0")
+    assert all(np.array_equal(painted[r, s], box_only) for r in (3, 4) for s in range(8))
+    assert any(not np.array_equal(painted[2, s], box_only) for s in range(8))

@@ -32,6 +32,13 @@ candidates with E_o(S, B) <= min_S' E_o(S', B) + delta; ``assign.lam_ramp`` R ma
 lambda min(1, (r - r_0 + 1) / R) from the first network round r_0; ``assign.ema`` scores with an
 average of the weights over epochs.
 
+Which P the network gives E_r (robust form): with ``assign.score_flip`` (the default)
+
+    P(l | p) = 1/2 [ P_net(l | p; image) + P_net(l | m(p); mirror image) ]      m: the horizontal mirror
+
+the training augmentation's two views averaged, which steadies a young network's masks (without it,
+and in the paper form, the image alone).
+
 Void (``assign.void_k`` = m > 1, robust form only; ``boxsup.assign.assign.disputed_atoms``): let N_B
 be the m lowest-cost candidates of B (within ε of the lowest). A pixel p of B is painted void
 (255, left out of the training loss) when

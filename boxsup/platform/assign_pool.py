@@ -74,6 +74,7 @@ class AssignmentSpec:
     sample_margin: float = float("inf")  # draw only among candidates within this of the lowest cost
     void_k: int = 0  # > 1: pixels on which a box's void_k near-best candidates disagree are painted void
     greedy_round0: bool = False  # without the network's costs (round 0) take each box's lowest cost, not a draw
+    greedy_from: int | None = None  # rounds from this one on take each box's lowest cost, not a draw (None: never)
     fault: Fault | None = None  # the recovery tests' injected fault (kill-actor), see boxsup.trainers.faults
 
 
@@ -122,7 +123,9 @@ class Assigner:
         rng = image_rng(self.spec.seed, round_index, image_id)
         loss_sums = boxed.sums_from_means(atom_means) if atom_means is not None else None
         lam = ramped_lambda(self.spec.lam, round_index, self.spec.first_network_round, self.spec.lam_ramp)
-        k = 1 if loss_sums is None and self.spec.greedy_round0 else self.spec.k
+        greedy = (loss_sums is None and self.spec.greedy_round0) or (
+            self.spec.greedy_from is not None and round_index >= self.spec.greedy_from)
+        k = 1 if greedy else self.spec.k
         result = assign_labels(boxed, loss_sums, lam if loss_sums is not None else 0.0, k, rng,
                                self.spec.trust_margin, self.spec.region_cost, self.spec.sample_margin,
                                self.spec.void_k, self.spec.consensus,

@@ -267,6 +267,7 @@ def train(
                           consensus_margin=rule["consensus_margin"],
                           sample_margin=float("inf") if rule["sample_margin"] is None else rule["sample_margin"],
                           void_k=rule["void_k"], greedy_round0=rule["greedy_round0"],
+                          greedy_from=cfg["train"]["lr_step"] if rule["greedy_after_lr_step"] else None,
                           fault=fault)
     job = TrainingJob(cfg, annotations, str(run_dir), spec.label_store, spec.proposal_store,
                       RunLogger(cfg["tracking"]["uri"], record["mlflow_run_id"]), progress=progress, fault=fault,

@@ -44,22 +44,33 @@ def train_one_epoch(
     return total / max(count, 1)
 
 
-def pixel_costs(model: torch.nn.Module, image: np.ndarray, device: torch.device, kind: str = "error") -> np.ndarray:
+def pixel_costs(model: torch.nn.Module, image: np.ndarray, device: torch.device, kind: str = "error",
+                flip: bool = False) -> np.ndarray:
     """e(p, l) for every class and pixel, (num_classes, H, W) float32, as the label update uses it.
 
     ``kind`` "error": 1 - P(l | p), the expected 0-1 error of labelling p with l, bounded in [0, 1];
     "xent": -log P(l | p), the training loss itself, unbounded.
     """
-    log_probs = batch_log_probs(model, normalize_image(image)[None], device)[0]
+    log_probs = batch_log_probs(model, normalize_image(image)[None], device, flip)[0]
     return costs_from_log_probs(log_probs, kind).cpu().numpy()
 
 
-def batch_log_probs(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def batch_log_probs(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                    flip: bool = False) -> torch.Tensor:
     """log P(l | p) of a batch of normalised images of one size (N, 3, H, W): (N, num_classes, H, W)
-    float32, left on ``device``. Per image the same numbers as a batch of one (no padding)."""
+    float32, left on ``device``. Per image the same numbers as a batch of one (no padding).
+
+    ``flip``: P is the mean of the network's P on the image and, mirrored back, on its mirror image
+    (horizontal flip, the training augmentation), which steadies a young network's masks.
+    """
     model.eval()
     with torch.no_grad():
-        return F.log_softmax(model(images.to(device, non_blocking=True)).float(), dim=1)
+        images = images.to(device, non_blocking=True)
+        if not flip:
+            return F.log_softmax(model(images).float(), dim=1)
+        both = F.softmax(model(torch.cat([images, images.flip(-1)])).float(), dim=1)
+        plain, mirrored = both.chunk(2)
+        return torch.log((plain + mirrored.flip(-1)) / 2)
 
 
 def costs_from_log_probs(log_probs: torch.Tensor, kind: str = "error") -> torch.Tensor:

@@ -126,6 +126,7 @@ def label_round(
     started = time.perf_counter()
     cfg, pool = job.config, job.pool
     kind = cfg["assign"]["pixel_cost"]
+    flip = label_update_settings(cfg)["score_flip"]
     train = cfg.get("train", {})
     use_network = model is not None and cfg["assign"]["lam"] != 0
     mine = box_images[ctx.rank :: ctx.world]
@@ -141,7 +142,7 @@ def label_round(
     with tqdm(total=len(scored), desc=f"labels[round {round_index}]", leave=False, disable=not progress, unit="img") as bar:
         for items in batches:
             for group in same_size_groups(items):
-                log_probs = batch_log_probs(model, torch.stack([item.image for item in group]), ctx.device)
+                log_probs = batch_log_probs(model, torch.stack([item.image for item in group]), ctx.device, flip)
                 for item, image_log_probs in zip(group, log_probs):
                     image_id = scored[item.index].image_id
                     split = item.split if item.split is not None else cache.get(image_id)
