@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import numpy as np
@@ -68,9 +69,8 @@ def batch_log_probs(model: torch.nn.Module, images: torch.Tensor, device: torch.
         images = images.to(device, non_blocking=True)
         if not flip:
             return F.log_softmax(model(images).float(), dim=1)
-        both = F.softmax(model(torch.cat([images, images.flip(-1)])).float(), dim=1)
-        plain, mirrored = both.chunk(2)
-        return torch.log((plain + mirrored.flip(-1)) / 2)
+        plain, mirrored = F.log_softmax(model(torch.cat([images, images.flip(-1)])).float(), dim=1).chunk(2)
+        return torch.logaddexp(plain, mirrored.flip(-1)) - math.log(2.0)  # log of the mean P, no underflow
 
 
 def costs_from_log_probs(log_probs: torch.Tensor, kind: str = "error") -> torch.Tensor:
