@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 
+from boxsup.config import load_config
 from boxsup.data.annotations import Box, Supervision
 from boxsup.data.label_store import LabelStore
 from boxsup.data.voc import VOCDataset, write_split, write_voc_sample
@@ -39,7 +40,7 @@ def make_data(tmp_path):
 
 def run_round(tmp_path, ds, anns, store, model, seed, name):
     spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / name), 3.0, 5, seed)
-    cfg = {"assign": {"pixel_cost": "error", "lam": 3.0}}
+    cfg = load_config(None, [f"data.root={ds.root}"])  # the default label update (robust form)
     job = TrainingJob(cfg, anns, str(tmp_path), spec.label_store, str(store.root), logger=None,
                       pool=LocalAssignmentPool(spec))
     ctx = LocalContext(tmp_path, torch.device("cpu"))
