@@ -23,14 +23,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from boxsup.assign.assign import BoxedPool, reduce_losses  # noqa: E402
-from boxsup.assign.costs import soft_iou_cost  # noqa: E402
+from boxsup.assign.assign import BoxedPool, assignment_costs, reduce_losses  # noqa: E402
 from boxsup.assign.diagnostics import candidate_gt_iou, gt_atom_histogram  # noqa: E402
 from boxsup.data.voc import VOCDataset  # noqa: E402
 from boxsup.models import normalize_image  # noqa: E402
 from boxsup.models.checkpoint import load_checkpoint, network_from_checkpoint  # noqa: E402
 from boxsup.proposals.store import ProposalStore  # noqa: E402
-from boxsup.trainers.epoch import batch_log_probs  # noqa: E402
+from boxsup.trainers.epoch import batch_log_probs, costs_from_log_probs  # noqa: E402
 
 K, SAMPLE_MARGIN, CONSENSUS_MARGIN = 5, 0.1, 0.1
 
@@ -65,14 +64,12 @@ def main() -> None:
         boxed = BoxedPool.build(candidates, ann.boxes_array(), ann.labels_array(), CONSENSUS_MARGIN)
         iou = candidate_gt_iou(boxed, gt_atom_histogram(dataset.mask(image_id), boxed.pool.atoms, dataset.num_classes))
         oracle.append(iou.max(axis=0))
-        fixed = boxed.overlap + boxed.consensus_cost(CONSENSUS_MARGIN)
-        areas = np.prod(boxed.boxes[:, 2:] - boxed.boxes[:, :2], axis=1).astype(np.float64)
         for flip in (False, True):
             log_probs = batch_log_probs(network, normalize_image(dataset.image(image_id))[None], torch.device("cpu"), flip)
-            sums = reduce_losses(1.0 - log_probs[0].exp().numpy(), boxed.pool.atoms, ann.labels_array())
-            region = soft_iou_cost(boxed.pool, boxed.inside, sums, boxed.box_columns, areas)
+            sums = reduce_losses(costs_from_log_probs(log_probs[0]).numpy(), boxed.pool.atoms, ann.labels_array())
             for lam in args.lams:
-                lowest, drawn = lowest_and_drawn(fixed + lam * region if lam else fixed, iou)
+                cost = assignment_costs(boxed, sums, lam, region="iou", consensus=1.0, consensus_margin=CONSENSUS_MARGIN)
+                lowest, drawn = lowest_and_drawn(cost, iou)
                 cells.setdefault((lam, flip, "lowest"), []).append(lowest)
                 cells.setdefault((lam, flip, "draw"), []).append(drawn)
     mean = {key: float(np.concatenate(values).mean()) for key, values in cells.items()}
