@@ -80,7 +80,8 @@ DEFAULTS: dict[str, Any] = {
         "num_threads": 0,  # torch CPU threads; 0 keeps torch's default
         "loader_workers": None,  # DataLoader processes per Train worker; null: 4 on a GPU, 0 (in-process) on CPU
         "label_cache_mb": 1024,  # split atom maps a worker keeps across label rounds (375 KB per VOC image)
-        "amp": True,  # mixed precision on CUDA (ignored on CPU)
+        "precision": "auto",  # auto | bf16 | fp16 | fp32; auto: bf16 on a GPU that has it, else fp16; fp32 on a CPU
+        "compile": False,  # torch.compile the network (the first epoch pays for the compilation)
     },
     "eval": {
         "crf": False,
@@ -122,6 +123,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.backbone": ("vgg16_largefov", "small", "deeplabv3_resnet50", "deeplabv3_resnet101",
                        "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"),  # boxsup.models.BACKBONES
     "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("auto", "bf16", "fp16", "fp32"),  # boxsup.models.precision.PRECISIONS
 }
 
 # Keys that accept null, and (when their default is None) these types.
@@ -190,6 +192,7 @@ BOUNDS: dict[str, Range] = {
 
 # Keys that no longer exist: setting one is an error that says what replaced it, never silently ignored.
 RETIRED_KEYS = {
+    "train.amp": "replaced by train.precision (auto | bf16 | fp16 | fp32): amp true is auto, false is fp32",
     "assign.cache_images": "replaced by assign.cache_mb (the pool cache is bounded in MiB, not in images; "
                            "a VOC-sized pool takes about 0.2-0.3 MiB)",
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not _is_checkpoint(state):
         raise BoxSupError(f"{path}: not a boxsup checkpoint: it must hold 'model' (a state dict), 'classes' (names) and "
                           "'config' (with model.backbone), as the checkpoint.pt written by `boxsup train` does")
+    if bad := non_finite_names(state["model"]):
+        raise BoxSupError(f"{path}: {len(bad)} of {len(state['model'])} weight tensors hold NaN or infinite values "
+                          f"(e.g. {bad[0]}): the run that wrote it diverged; retrain with a lower train.lr")
     return state
+
+
+def non_finite_names(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of ``state``'s floating-point tensors that hold a NaN or an infinity (one device sync)."""
+    names = [name for name, tensor in state.items() if tensor.is_floating_point()]
+    if not names:
+        return []
+    flags = torch.stack([~torch.isfinite(state[name]).all() for name in names]).tolist()
+    return [name for name, bad in zip(names, flags) if bad]
 
 
 def _is_checkpoint(state: Any) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -12,6 +13,21 @@ from tqdm import tqdm
 
 from boxsup.data.annotations import IGNORE
 from boxsup.models import normalize_image
+from boxsup.models.precision import FP32, Precision
+
+
+@dataclass(frozen=True)
+class EpochLoss:
+    """An epoch's summed per-image loss, its image count, and the first step whose loss was NaN or
+    infinite (-1: none), as numbers that sum over data-parallel ranks."""
+
+    total: float
+    images: int
+    first_bad_step: int
+
+    @property
+    def mean(self) -> float:
+        return self.total / max(self.images, 1)
 
 
 def train_one_epoch(
@@ -20,18 +36,26 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     progress: bool = True,
+    precision: Precision = FP32,
     scaler: torch.amp.GradScaler | None = None,
-) -> float:
-    """SGD over every batch once; returns the mean per-pixel cross-entropy (IGNORE pixels left out).
+) -> EpochLoss:
+    """SGD over every batch once, on the mean per-pixel cross-entropy (IGNORE pixels left out).
 
-    With a ``scaler`` (CUDA only) the forward pass runs in float16 autocast (AMP).
+    The forward pass runs under ``precision``'s autocast; with a ``scaler`` (fp16) the loss is scaled.
+    The loss and the first step with a NaN or infinite loss are kept on the device and read once at
+    the end, so the GPU never waits for the host during the epoch. Batches go in channels-last,
+    the layout ``on_device`` gives the weights.
     """
     model.train()
-    total, count = 0.0, 0
-    for images, targets in tqdm(batches, desc="train", leave=False, disable=not progress, unit="batch"):
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None):
-            loss = F.cross_entropy(model(images).float(), targets, ignore_index=IGNORE)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+    count = 0
+    for step, (images, targets) in enumerate(tqdm(batches, desc="train", leave=False, disable=not progress, unit="batch")):
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        with precision.autocast(device):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -40,9 +64,11 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
-        total += float(loss.detach()) * len(images)
+        value = loss.detach()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(value), step, first_bad)
+        total += value * len(images)
         count += len(images)
-    return total / max(count, 1)
+    return EpochLoss(float(total), count, int(first_bad))
 
 
 def pixel_costs(model: torch.nn.Module, image: np.ndarray, device: torch.device, kind: str = "error",
@@ -57,19 +83,25 @@ def pixel_costs(model: torch.nn.Module, image: np.ndarray, device: torch.device,
 
 
 def batch_log_probs(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
-                    flip: bool = False) -> torch.Tensor:
+                    flip: bool = False, precision: Precision = FP32) -> torch.Tensor:
     """log P(l | p) of a batch of normalised images of one size (N, 3, H, W): (N, num_classes, H, W)
     float32, left on ``device``. Per image the same numbers as a batch of one (no padding).
 
     ``flip``: P is the mean of the network's P on the image and, mirrored back, on its mirror image
-    (horizontal flip, the training augmentation), which steadies a young network's masks.
+    (horizontal flip, the training augmentation), which steadies a young network's masks. The
+    network runs under ``precision``; the softmax and the mean are float32.
     """
     model.eval()
     with torch.no_grad():
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        if flip:
+            images = torch.cat([images, images.flip(-1)])
+        with precision.autocast(device):
+            logits = model(images)
+        log_probs = F.log_softmax(logits.float(), dim=1)
         if not flip:
-            return F.log_softmax(model(images).float(), dim=1)
-        plain, mirrored = F.log_softmax(model(torch.cat([images, images.flip(-1)])).float(), dim=1).chunk(2)
+            return log_probs
+        plain, mirrored = log_probs.chunk(2)
         return torch.logaddexp(plain, mirrored.flip(-1)) - math.log(2.0)  # log of the mean P, no underflow
 
 

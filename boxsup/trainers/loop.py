@@ -42,8 +42,10 @@ from boxsup.evaluation.evaluate import evaluate
 from boxsup.evaluation.figures import confusion_figure, label_evolution_figure
 from boxsup.evaluation.metrics import ConfusionMatrix
 from boxsup.models import model_from_config, on_device, parameter_groups
+from boxsup.models.checkpoint import non_finite_names
+from boxsup.models.precision import FP32, Precision, resolve_precision
 from boxsup.trainers.artifacts import publish
-from boxsup.trainers.epoch import batch_log_probs, train_one_epoch
+from boxsup.trainers.epoch import EpochLoss, batch_log_probs, train_one_epoch
 from boxsup.trainers.faults import Fault, kill
 from boxsup.trainers.job import MetricsSink, TrainingJob, WorkerContext
 from boxsup.trainers.label_rounds import figure_rounds, planned_rounds, rounds_to_delete
@@ -115,13 +117,14 @@ def summarize_round(ctx: WorkerContext, results: list, num_classes: int, started
 def label_round(
     ctx: WorkerContext, job: TrainingJob, model: torch.nn.Module | None, round_index: int,
     box_images: list[ImageAnnotation], dataset: SegmentationDataset, progress: bool, previous_round: int | None = None,
-    cache: SplitAtomCache | None = None,
+    cache: SplitAtomCache | None = None, precision: Precision = FP32,
 ) -> RoundSummary:
     """One round over every box image: this worker's share through the network, all through the pool.
 
     The share goes through the network in batches of one image size, decoded (and its atom map split,
-    unless ``cache`` holds it from an earlier round) in ``train.loader_workers`` processes; each
-    image's costs are reduced to per-atom means on the model's device.
+    unless ``cache`` holds it from an earlier round) in ``train.loader_workers`` processes; the network
+    runs under ``precision``, and each image's costs are reduced, in float32, to per-atom means on the
+    model's device.
     """
     started = time.perf_counter()
     cfg, pool = job.config, job.pool
@@ -142,7 +145,8 @@ def label_round(
     with tqdm(total=len(scored), desc=f"labels[round {round_index}]", leave=False, disable=not progress, unit="img") as bar:
         for items in batches:
             for group in same_size_groups(items):
-                log_probs = batch_log_probs(model, torch.stack([item.image for item in group]), ctx.device, flip)
+                log_probs = batch_log_probs(model, torch.stack([item.image for item in group]), ctx.device, flip,
+                                            precision)
                 for item, image_log_probs in zip(group, log_probs):
                     image_id = scored[item.index].image_id
                     split = item.split if item.split is not None else cache.get(image_id)
@@ -262,15 +266,23 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
     average = WeightAverage(model, decay) if decay > 0 else None
     state = ctx.load_checkpoint()
     if state is not None:
+        if bad := non_finite_names(state["model"]):
+            raise BoxSupError(f"{job.run_dir}: the checkpoint of epoch {state['epoch']} holds NaN or infinite weights "
+                              f"(e.g. {bad[0]}); start a new run with a lower train.lr")
         model.load_state_dict(state["model"])
         if average is not None and "weight_average" in state:
             average.load_state_dict(state["weight_average"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        rebase_learning_rate(optimizer, scheduler, parameter_groups(model, t["lr"]))
         start_epoch, label_round_index, labelled = state["epoch"] + 1, state["label_round"], state["labelled"]
-        log.info("resuming after epoch %d (labels of round %d)", state["epoch"], label_round_index)
+        log.info("resuming after epoch %d (labels of round %d) at learning rate %g", state["epoch"], label_round_index,
+                 optimizer.param_groups[0]["lr"])
+    precision = resolve_precision(precision_setting(t), ctx.device)
     network = ctx.wrap_model(model)
-    scaler = torch.amp.GradScaler("cuda") if t["amp"] and ctx.device.type == "cuda" else None
+    if t.get("compile"):
+        network = torch.compile(network)
+    scaler = precision.grad_scaler(ctx.device)
     logger = job.logger if ctx.rank == 0 else None
     logged = logger.logged_steps("train_loss") if logger is not None else set()  # by an earlier attempt
     fault: Fault | None = job.fault
@@ -288,7 +300,7 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
         if box_images and update:
             scorer = (average.model if average is not None else model) if epoch else None
             summary = label_round(ctx, job, scorer, epoch, box_images, train_data, progress,
-                                  previous_round=rounds[-1] if rounds else None, cache=split_atoms)
+                                  previous_round=rounds[-1] if rounds else None, cache=split_atoms, precision=precision)
             label_round_index, labelled = epoch, summary.labelled
             rounds.append(epoch)
             metrics.update(summary.metrics())
@@ -310,12 +322,12 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
         lr = optimizer.param_groups[0]["lr"]
         killed = fault is not None and ctx.rank == ctx.world - 1 and fault.fires("kill-worker", epoch)
         batches = kill_after_first_batch(loader) if killed else loader
-        loss = train_one_epoch(network, batches, optimizer, ctx.device, progress, scaler)
+        loss = stop_if_diverged(ctx, model, train_one_epoch(network, batches, optimizer, ctx.device, progress,
+                                                            precision, scaler), epoch, lr, precision, job.run_dir)
         ctx.broadcast_buffers(model)
         if average is not None:
             average.update(model)
         scheduler.step()
-        loss = float(ctx.all_reduce(np.array([loss]))[0] / ctx.world)
         metrics.update(train_loss=loss, lr=lr, epoch_seconds=time.perf_counter() - started)
         if epoch == t["epochs"] - 1 or (epoch + 1) % cfg["eval"]["every"] == 0:
             confusion = distributed_evaluate(ctx, model, val_data, cfg, progress)
@@ -342,6 +354,41 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
         confusion = distributed_evaluate(ctx, model, val_data, cfg, progress)
     if ctx.rank == 0:
         final_artifacts(job, logger, model, confusion, classes, annotations, train_data, rounds)
+
+
+def precision_setting(train: dict) -> str:
+    """``train.precision``; a run recorded before it existed has ``train.amp`` (true: auto, false: fp32)."""
+    return train.get("precision") or ("auto" if train.get("amp", True) else "fp32")
+
+
+def rebase_learning_rate(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.StepLR,
+                         fresh_groups: list[dict]) -> None:
+    """After loading a checkpoint's optimizer and schedule: base rates from the config (``fresh_groups``,
+    the groups ``parameter_groups`` makes from ``train.lr``), each group's current rate scaled with its
+    base, so a resume with a lower ``train.lr`` continues the schedule from the lower rate."""
+    for group, base, fresh in zip(optimizer.param_groups, scheduler.base_lrs, fresh_groups):
+        group["lr"] *= fresh["lr"] / base
+        group["initial_lr"] = fresh["lr"]
+    scheduler.base_lrs = [fresh["lr"] for fresh in fresh_groups]
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def stop_if_diverged(ctx: WorkerContext, model: torch.nn.Module, loss: EpochLoss, epoch: int, lr: float,
+                     precision: Precision, run_dir: str) -> float:
+    """The epoch's mean loss over all ranks; a NaN or infinite loss or weight on any rank stops every rank
+    with one line, before the epoch's checkpoint, label round or model can be made from those weights."""
+    bad_weights = len(non_finite_names(model.state_dict()))
+    world = ctx.all_reduce(np.array([loss.total, loss.images, loss.first_bad_step >= 0, bad_weights], dtype=np.float64))
+    steps = ctx.all_gather(loss.first_bad_step)
+    if world[2] == 0 and world[3] == 0:
+        return float(world[0] / max(world[1], 1))
+    where = f"step {min(s for s in steps if s >= 0)}" if world[2] else "its last step"
+    advice = " or train.precision=bf16/fp32" if precision.name == "fp16" else ""
+    resume = (f"continue from epoch {epoch - 1}'s checkpoint with a lower rate: boxsup train --resume {run_dir} "
+              f"--set train.lr=LOWER" if epoch else "start again with a lower train.lr")
+    raise BoxSupError(f"training diverged in epoch {epoch} at {where}: the loss or the weights became NaN or "
+                      f"infinite at learning rate {lr:g} ({precision.name}); nothing of this epoch was saved; "
+                      f"lower train.lr{advice} and {resume}")
 
 
 def inject_fault(fault: Fault, epoch: int, driver_pid: int | None) -> None:
