@@ -7,16 +7,27 @@ STAMP := $(VENV)/.installed-stamp
 # pip prints one line per package for this machine's local wheel folders; they are noise.
 QUIET_PIP := { grep -v '^WARNING: Location' || true; }
 
-.PHONY: demo demo-extra-boxes sweep-demo test install clean
+.PHONY: demo demo-extra-boxes sweep-demo test install lock clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package (the Dockerfile installs from it too): the same versions everywhere.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
-	$(PY) -m pip install -q -e '.[test]' 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]' 2>&1 | $(QUIET_PIP)
 	$(PY) -c "import torch, torchvision, ray, mlflow, cv2, pydensecrf.densecrf, skimage, pycocotools"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-pin constraints.txt: a fresh venv resolves pyproject.toml's ranges anew, then pip freeze.
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	.lock-venv/bin/python -m pip install -q -e '.[test]' 2>&1 | $(QUIET_PIP)
+	{ echo "# Every package of a working install of '.[test]', pinned: \`make\` and the Dockerfile install with"; \
+	  echo "# \`pip install -c constraints.txt\`. Regenerate with \`make lock\` (a fresh venv, then pip freeze)."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt && rm -rf .lock-venv
 
 demo: $(STAMP)
 	$(VENV)/bin/boxsup demo --config configs/demo.yaml --data demo_data

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -170,20 +175,75 @@ def test_the_documented_group_admits_ssh_from_the_admin_cidr_only() -> None:
     assert sorted(rules) == [("all", "", "source-group", "$SG"), ("tcp", "22", "cidr", "203.0.113.0/24")]
 
 
-def test_setup_installs_the_package_on_every_node(raw: dict[str, Any], prepared: dict[str, Any]) -> None:
-    assert raw["file_mounts"] == {"~/boxsup": "."}
-    assert (ROOT / raw["file_mounts"]["~/boxsup"] / "pyproject.toml").is_file()  # `ray up` from the repo root
-    assert ".venv" in raw["rsync_exclude"]  # the local venv is not uploaded
-    for key in ("head_setup_commands", "worker_setup_commands"):  # setup_commands merged in by Ray
-        cmds = prepared[key]
-        assert any("pip install -e ~/boxsup" in c for c in cmds), key
-        assert any("ray[" in c and "pip install" in c for c in cmds), key
-    assert any("boto3" in c for c in prepared["head_setup_commands"])  # the autoscaler needs it
+def test_every_node_runs_the_pinned_image_and_installs_nothing(raw: dict[str, Any], prepared: dict[str, Any]) -> None:
+    image = raw["docker"]["image"]
+    assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest")  # a tag, not whatever is newest
+    assert raw["file_mounts"] == {}  # the code is the image's, not a local checkout's
+    for key in ("initialization_commands", "head_setup_commands", "worker_setup_commands",
+                "head_start_ray_commands", "worker_start_ray_commands"):
+        for command in prepared[key]:
+            assert "pip install" not in command and "conda" not in command, (key, command)
+            assert "|| true" not in command and "||true" not in command, (key, command)  # no silent fallback
 
 
-def test_shared_storage_is_mounted_everywhere(raw: dict[str, Any]) -> None:
-    mount = [c for c in raw["setup_commands"] if "mount -t nfs4" in c]
+def test_the_image_has_ci_s_python_and_installs_the_pins_make_installs() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM nvidia/cuda:\S+$", dockerfile, re.M)
+    python = re.search(r"^ARG PYTHON_VERSION=(\d+)\.(\d+)\.(\d+)$", dockerfile, re.M)
+    assert python and tuple(map(int, python.groups()[:2])) == sys.version_info[:2]  # what this (CI's) Python is
+    assert "pip install -c constraints.txt" in dockerfile
+    assert "-c constraints.txt -e '.[test]'" in (ROOT / "Makefile").read_text()
+
+
+def test_constraints_pin_every_dependency_of_the_project() -> None:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    for requirement in map(Requirement, wanted):
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not pinned in constraints.txt"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name], requirement.specifier)
+
+
+def test_shared_storage_is_mounted_on_each_host_and_passed_into_its_container(raw: dict[str, Any]) -> None:
+    mount = [c for c in raw["initialization_commands"] if "mount -t nfs4" in c]  # on the host, before docker
     assert len(mount) == 1 and "/mnt/shared" in mount[0]
+    assert "--volume /mnt/shared:/mnt/shared" in raw["docker"]["run_options"]
+
+
+def documented_cluster_commands() -> list[tuple[str, str]]:
+    """(where, command) of every `boxsup train` / `boxsup sweep` that cluster.yaml and the README give
+    for a cluster, continuation lines joined and comment markers dropped."""
+    found = []
+    for path in (CLUSTER_YAML, ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
+        text = re.sub(r"\\\n[#\s]*", " ", path.read_text())  # join "\" continuations (and "#   " in YAML comments)
+        for command in re.findall(r"boxsup (?:train|sweep) [^\n\"]*ray\.address=auto[^\n\"]*", text):
+            found.append((path.name, command.strip()))
+    return found
+
+
+def test_cluster_yaml_and_the_readme_give_cluster_commands() -> None:
+    assert {where for where, _ in documented_cluster_commands()} >= {"cluster.yaml", "README.md"}
+
+
+@pytest.mark.parametrize("where,command", documented_cluster_commands())
+def test_every_documented_cluster_command_is_valid(where: str, command: str) -> None:
+    """Its flags parse, its config loads with its --set values, its search space loads: what would
+    stop it on the cluster before any data is read."""
+    from boxsup.cli import build_parser
+    from boxsup.config import load_config
+    from boxsup.platform.search_space import load_search_space
+
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    in_repo = lambda path: ROOT / path.removeprefix("/opt/boxsup/")  # the image's checkout is this one
+    cfg = load_config(in_repo(args.config), args.set)
+    assert cfg["ray"]["address"] == "auto"
+    if args.command == "sweep":
+        load_search_space(in_repo(args.space))
 
 
 def test_ray_start_commands(raw: dict[str, Any]) -> None:
@@ -192,4 +252,3 @@ def test_ray_start_commands(raw: dict[str, Any]) -> None:
     assert "mlflow server" in head
     worker = " ".join(raw["worker_start_ray_commands"])
     assert "ray start --address=$RAY_HEAD_IP:6379" in worker
-    assert not raw.get("docker")
