@@ -53,10 +53,15 @@ def normalize_image(image_uint8_hwc: np.ndarray) -> torch.Tensor:
     if image_uint8_hwc.dtype != np.uint8 or image_uint8_hwc.ndim != 3 or image_uint8_hwc.shape[2] != 3:
         raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image_uint8_hwc.dtype} {image_uint8_hwc.shape}")
     # A copy: decoded images are often read-only views, which torch.from_numpy warns about.
-    tensor = torch.from_numpy(np.array(image_uint8_hwc, order="C")).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (tensor - mean) / std
+    return normalize_batch(torch.from_numpy(np.array(image_uint8_hwc, order="C")).permute(2, 0, 1)[None])[0]
+
+
+def normalize_batch(images: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB images (N, 3, H, W) as float32, normalised with ImageNet mean/std, on their own device
+    (a training batch travels to the GPU as uint8, a quarter of the bytes, and is normalised there)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float().div_(255.0) - mean) / std
 
 
 class LargeFOV(nn.Module):

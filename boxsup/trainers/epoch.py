@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from boxsup.data.annotations import IGNORE
-from boxsup.models import normalize_image
+from boxsup.models import normalize_batch, normalize_image
 from boxsup.models.precision import FP32, Precision
 
 
@@ -41,6 +41,7 @@ def train_one_epoch(
 ) -> EpochLoss:
     """SGD over every batch once, on the mean per-pixel cross-entropy (IGNORE pixels left out).
 
+    ``batches`` hold uint8 images (N, 3, H, W), normalised here on ``device``, and int64 targets.
     The forward pass runs under ``precision``'s autocast; with a ``scaler`` (fp16) the loss is scaled.
     The loss and the first step with a NaN or infinite loss are kept on the device and read once at
     the end, so the GPU never waits for the host during the epoch. Batches go in channels-last,
@@ -51,7 +52,7 @@ def train_one_epoch(
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)
     count = 0
     for step, (images, targets) in enumerate(tqdm(batches, desc="train", leave=False, disable=not progress, unit="batch")):
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        images = normalize_batch(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         with precision.autocast(device):
             logits = model(images)

@@ -1,11 +1,12 @@
 """The BoxSup training loop of one worker (Sec. 4.3): label-update round, epoch, evaluation, repeated.
 
 The launcher (``boxsup.platform``) runs ``train_worker`` on every Ray Train worker, or once
-in-process, with the job's context, label pool and metrics sink set (``boxsup.trainers.job``). Round r's labels use the network after epoch r-1 (round 0: E_o
-alone), then epoch r trains on them. Each worker runs the network over its share of the box images
-and sends per-atom mean costs to the assignment pool, which writes the label maps; the training
-images are sharded by a ``DistributedSampler``; validation is sharded and its confusion matrix
-summed. Rank 0 alone logs to MLflow and writes checkpoints.
+in-process, with the job's context, label pool and metrics sink set (``boxsup.trainers.job``).
+Round r's labels use the network after epoch r-1 (round 0: E_o alone), then epoch r trains on them.
+Each worker runs the network over its share of the box images and sends per-atom mean costs to the
+assignment pool, which writes the label maps; the training images are sharded by an
+``EpochSampler`` (one loader for the run, its processes persistent); validation is sharded and its
+confusion matrix summed. Rank 0 alone logs to MLflow and writes checkpoints.
 
 Recovery is exact: every random draw of an epoch comes from a stream keyed on (seed, epoch, rank),
 every rank holds rank 0's buffers after an epoch, and rank 0 never logs a step twice, so a run
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from boxsup.assign.diagnostics import ChoiceDiagnostics
@@ -51,7 +52,7 @@ from boxsup.trainers.job import MetricsSink, TrainingJob, WorkerContext
 from boxsup.trainers.label_rounds import figure_rounds, planned_rounds, rounds_to_delete
 from boxsup.trainers.label_inputs import SplitAtomCache, label_round_batches, same_size_groups
 from boxsup.trainers.weight_average import WeightAverage
-from boxsup.trainers.training_set import TrainingSet, loader_workers
+from boxsup.trainers.training_set import EpochSampler, TrainingSet, loader_workers
 from boxsup.utils.storage import open_location
 
 log = logging.getLogger(__name__)
@@ -287,8 +288,13 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
     logged = logger.logged_steps("train_loss") if logger is not None else set()  # by an earlier attempt
     fault: Fault | None = job.fault
     labels = LabelStore(job.label_store)
-    training_set = TrainingSet(train_data, annotations, labels, cfg["data"]["crop_size"], seed)
+    training_set = TrainingSet(train_data, mask_images + box_images, labels, cfg["data"]["crop_size"], seed)
+    position = {a.image_id: i for i, a in enumerate(training_set.annotations)}
+    sampler = EpochSampler(ctx.world, ctx.rank, seed)
     workers = loader_workers(t["loader_workers"], ctx.device)
+    loader = DataLoader(training_set, batch_size=max(1, t["batch_size"] // ctx.world), sampler=sampler,
+                        num_workers=workers, pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0,
+                        prefetch_factor=4 if workers else None)  # one loader for the run: its processes persist
     rounds = labels.rounds(up_to=label_round_index) if state is not None else []
     confusion = None
     split_atoms = SplitAtomCache(int(t["label_cache_mb"] * 2**20))  # kept across rounds
@@ -309,15 +315,9 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
                 log.info("round %d: %d images labelled, %d skipped, pseudo-label mIoU %s, %.1f s", epoch,
                          len(labelled), sum(summary.skipped.values()), f"{pseudo:.4f}" if pseudo is not None else "-",
                          summary.seconds)
-        training_set.label_round = label_round_index
         labelled_ids = set(labelled)
-        training_set.annotations = mask_images + [a for a in box_images if a.image_id in labelled_ids]
-        training_set.epoch = epoch
-        sampler = DistributedSampler(training_set, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=seed)
-        sampler.set_epoch(epoch)
-        loader = DataLoader(training_set, batch_size=max(1, t["batch_size"] // ctx.world), sampler=sampler,
-                            num_workers=workers, pin_memory=ctx.device.type == "cuda",
-                            prefetch_factor=4 if workers else None)
+        sampler.start_epoch(epoch, label_round_index, [position[a.image_id] for a in mask_images] +
+                            [position[a.image_id] for a in box_images if a.image_id in labelled_ids])
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         killed = fault is not None and ctx.rank == ctx.world - 1 and fault.fires("kill-worker", epoch)

@@ -1,15 +1,17 @@
-"""The torch Dataset of one training epoch: images with this round's targets, cropped and flipped."""
+"""The torch Dataset of the training epochs (images with a round's targets, cropped and flipped) and its sampler."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from boxsup.data.annotations import IGNORE, ImageAnnotation, Supervision
 from boxsup.data.label_store import LabelStore
 from boxsup.data.dataset import SegmentationDataset
-from boxsup.models import normalize_image
 
 
 GPU_LOADER_WORKERS = 4  # decoding and cropping beside each GPU worker keeps it busy at VOC size
@@ -42,14 +44,26 @@ def random_crop_flip(
     image, target = image[y : y + size, x : x + size], target[y : y + size, x : x + size]
     if rng.random() < 0.5:
         image, target = image[:, ::-1], target[:, ::-1]
-    return np.ascontiguousarray(image), np.ascontiguousarray(target)
+    return np.require(image, requirements="CW"), np.require(target, requirements="CW")  # own, writable copies
+
+
+class EpochDraw(NamedTuple):
+    """One item of an epoch: the image (index into the run's training annotations), the label round
+    its target comes from, and the random stream of its crop and flip, keyed on (seed, epoch, stream)."""
+
+    epoch: int
+    label_round: int
+    image: int
+    stream: int
 
 
 class TrainingSet(Dataset):
     """(image, target) pairs: GT masks for mask-supervised images, the label store's maps for the rest.
 
-    Crops and flips draw from a stream keyed on (seed, epoch, index), so an epoch's batches are the
-    same whatever the number of loader workers.
+    Indexed by ``EpochDraw`` keys (from ``EpochSampler``), so the set itself never changes during a
+    run and its loader processes can persist across epochs. Images come as uint8 (3, S, S) crops: the
+    training step normalises them on its device. Crops and flips draw from a stream keyed on (seed,
+    epoch, stream), so an epoch's batches are the same whatever the number of loader workers.
     """
 
     def __init__(
@@ -65,19 +79,44 @@ class TrainingSet(Dataset):
         self.labels = labels
         self.crop_size = crop_size
         self.seed = seed
-        self.epoch = 0
-        self.label_round = 0
 
     def __len__(self) -> int:
         return len(self.annotations)
 
-    def target(self, ann: ImageAnnotation) -> np.ndarray:
+    def target(self, ann: ImageAnnotation, label_round: int) -> np.ndarray:
         if ann.supervision == Supervision.MASK:
             return self.dataset.mask(ann.image_id)
-        return self.labels.read(self.label_round, ann.image_id)
+        return self.labels.read(label_round, ann.image_id)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ann = self.annotations[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        image, target = random_crop_flip(self.dataset.image(ann.image_id), self.target(ann), self.crop_size, rng)
-        return normalize_image(image), torch.from_numpy(target.astype(np.int64))
+    def __getitem__(self, draw: EpochDraw) -> tuple[torch.Tensor, torch.Tensor]:
+        ann = self.annotations[draw.image]
+        rng = np.random.default_rng([self.seed, draw.epoch, draw.stream])
+        image, target = random_crop_flip(self.dataset.image(ann.image_id), self.target(ann, draw.label_round),
+                                         self.crop_size, rng)
+        return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(target.astype(np.int64))
+
+
+class EpochSampler(Sampler[EpochDraw]):
+    """This rank's share of an epoch's images (``start_epoch``), shuffled by (seed, epoch) and split over
+    ranks as ``DistributedSampler`` does; yields the ``EpochDraw`` keys of ``TrainingSet``."""
+
+    def __init__(self, world: int, rank: int, seed: int):
+        self.world, self.rank, self.seed = world, rank, seed
+        self.epoch, self.label_round, self.images = 0, 0, []
+
+    def start_epoch(self, epoch: int, label_round: int, images: list[int]) -> None:
+        """The epoch's images (indices into the training annotations, in a fixed order) and label round."""
+        self.epoch, self.label_round, self.images = epoch, label_round, list(images)
+
+    def _positions(self) -> DistributedSampler:
+        positions = DistributedSampler(range(len(self.images)), num_replicas=self.world, rank=self.rank, shuffle=True,
+                                       seed=self.seed)
+        positions.set_epoch(self.epoch)
+        return positions
+
+    def __iter__(self) -> Iterator[EpochDraw]:
+        for position in self._positions():
+            yield EpochDraw(self.epoch, self.label_round, self.images[position], position)
+
+    def __len__(self) -> int:
+        return len(self._positions())
