@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 
 from boxsup.errors import BoxSupError
+from boxsup.utils.lists import names_text
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class ClassMapping:
         for source_name, target in self.class_map.items():
             if target is not None and target != BACKGROUND_NAME and target not in self.run_ids:
                 raise BoxSupError(f"{where}: {source_name!r} maps to {target!r}, which is not a class of this run "
-                                  f"(known: {', '.join(self.run_classes)}, or background, or null to drop)")
+                                  f"(known: {names_text(self.run_classes)}, or background, or null to drop)")
 
     def target_name(self, source_name: str) -> str | None:
         """The run class name (or ``background``) a source name maps to; None when it is dropped."""

@@ -65,7 +65,7 @@ def _resolve_one(spec: str) -> list[Path]:
 
 def _read_list(path: Path) -> list[Path]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM, as Windows editors write, is no part of the first path
     except UnicodeDecodeError:
         raise BoxSupError(f"{path}: neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a text list of image paths") from None
     lines = [line.strip() for line in text.splitlines()]
