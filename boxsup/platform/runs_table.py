@@ -11,7 +11,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from boxsup.errors import BoxSupError
-from boxsup.platform.tracking import tracking_uri
+from boxsup.platform.tracking import check_tracking_store
 from boxsup.serving import MODEL_NAME
 
 SWEEP_ROLE_TAG = "boxsup.role"  # "sweep" on a sweep's parent run
@@ -37,7 +37,7 @@ class RunRow:
 
 
 def _client_for(uri: str | None) -> tuple[str, MlflowClient]:
-    uri = tracking_uri(uri)
+    uri = check_tracking_store(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise BoxSupError(f"{uri}: no MLflow store there; give --tracking-uri (or MLFLOW_TRACKING_URI) of the runs")
     return uri, MlflowClient(uri)

@@ -29,9 +29,9 @@ from boxsup.errors import BoxSupError
 from boxsup.platform.ray_train import init_ray, run_cpus
 from boxsup.platform.runs_table import SWEEP_ROLE_TAG, SWEPT_KEYS_TAG, RunRow, experiment_runs
 from boxsup.platform.search_space import METRIC, MODE, SearchSpace, apply_trial, load_search_space
-from boxsup.platform.tracking import RunLogger, experiment_id, tracking_uri
+from boxsup.platform.tracking import RunLogger, check_tracking_store, experiment_id, tracking_uri
 from boxsup.platform.launch import absolute_paths, ensure_proposals
-from boxsup.utils.storage import join, open_location
+from boxsup.utils.storage import check_output_location, join, open_location
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,8 @@ def run_sweep(space_path: str | Path, cfg: dict[str, Any], experiment: str | Non
     space = load_search_space(space_path)
     check_against_config(space, cfg, str(space_path))
     cfg = absolute_paths(cfg)
+    check_tracking_store(cfg["tracking"]["uri"])  # before Ray starts or anything is written
+    check_output_location(cfg["output"]["dir"], "output.dir")
     experiment = experiment or default_experiment_name(space_path)
     per_trial_cpus = space.resources["cpu"] + run_cpus(cfg)
     init_ray(cfg, min_cpus=space.max_concurrent_trials * per_trial_cpus)  # before the proposals, which may use it

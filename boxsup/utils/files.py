@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written file, a crash never leaves one."""
+"""Atomic file writes (a reader never sees a half-written file, a crash never leaves one), and
+output locations checked before the work that fills them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from boxsup.errors import BoxSupError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -15,7 +18,7 @@ def _umask() -> int:
     return mask
 
 
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp's own is 0600
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp's own is 0600
 
 
 @contextmanager
@@ -28,7 +31,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix or target.suffix)
     os.close(fd)
-    os.chmod(tmp, _FILE_MODE)
+    os.chmod(tmp, FILE_MODE)
     try:
         yield Path(tmp)
         os.replace(tmp, target)
@@ -40,3 +43,31 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def check_writable_dir(path: str | os.PathLike, what: str) -> None:
+    """Refuse in one line (``what``, e.g. ``--out``, then the path) a directory that cannot be made or
+    written: its nearest existing ancestor (or itself) must be a writable directory. Nothing is created."""
+    target = Path(path).absolute()
+    problem = _write_problem(target, [target, *target.parents])
+    if problem is not None:
+        raise BoxSupError(f"{what} {path}: {problem}")
+
+
+def check_writable_file(path: str | os.PathLike, what: str) -> None:
+    """Refuse in one line a file that cannot be written: a directory in its place, or a folder for it
+    that cannot be made or written. Nothing is created."""
+    target = Path(path).absolute()
+    problem = "is a directory; give a file name" if target.is_dir() else _write_problem(target, list(target.parents))
+    if problem is not None:
+        raise BoxSupError(f"{what} {path}: {problem}")
+
+
+def _write_problem(target: Path, candidates: list[Path]) -> str | None:
+    """What stops writing at ``target``, judged at the first of ``candidates`` that exists; None if nothing."""
+    existing = next(p for p in candidates if p.exists())
+    if not existing.is_dir():
+        return "is a file, not a directory" if existing == target else f"lies under the file {existing}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write into {existing} (permission denied)"
+    return None

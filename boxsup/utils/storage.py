@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from boxsup.errors import BoxSupError
-from boxsup.utils.files import atomic_path
+from boxsup.utils.files import FILE_MODE, atomic_path, check_writable_dir
 
 if TYPE_CHECKING:
     import fsspec
@@ -72,6 +72,24 @@ class LocalLocation:
         """Copy a local file to ``key`` atomically (big files are not read into memory)."""
         with self._writing(key), atomic_path(self.root / key) as tmp:
             shutil.copyfile(local, tmp)
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write a new file at ``key`` only if there is none, in one atomic step (``O_CREAT | O_EXCL``);
+        False when one was there. Of two processes creating the same key, exactly one gets True."""
+        path = self.root / key
+        with self._writing(key):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            except FileExistsError:
+                return False
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+            except BaseException:
+                path.unlink()  # a half-written file would hold the key for nobody
+                raise
+        return True
 
     @contextmanager
     def _writing(self, key: str) -> Iterator[None]:
@@ -169,6 +187,19 @@ class RemoteLocation:
         with self._reported(self.path(key), writing=True):
             self.fs.put_file(os.fspath(local), self._key_path(key))
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Write a new object at ``key`` only if there is none; False when one was there.
+
+        Atomic where the store has a conditional write: on S3, a PUT with ``If-None-Match: *``. Other
+        fsspec stores check, then write: two processes at the same moment can both get True there.
+        """
+        with self._reported(self.path(key), writing=True):
+            try:
+                self.fs.pipe_file(self._key_path(key), data, mode="create")
+            except FileExistsError:
+                return False
+        return True
+
     def remove(self, key: str) -> None:
         """Delete the object at ``key`` if there is one."""
         with self._reported(self.path(key), writing=True):
@@ -206,6 +237,14 @@ def open_location(root: str | os.PathLike) -> Location:
     """The store root ``root``: a plain path or ``file://`` URI is local, any other URI goes through fsspec."""
     text = _without_file_scheme(root)
     return RemoteLocation(text) if is_uri(text) else LocalLocation(text)
+
+
+def check_output_location(location: str | os.PathLike, what: str) -> None:
+    """Refuse in one line (``what`` names the setting) a local output directory that cannot be made or
+    written, before any work; a URI is left to its store, whose first write reports a problem in one line."""
+    text = _without_file_scheme(location)
+    if not is_uri(text):
+        check_writable_dir(text, what)
 
 
 def read_file(location: str | os.PathLike) -> bytes:
