@@ -11,7 +11,11 @@ import logging
 import sys
 from pathlib import Path
 
+from boxsup.config import DEFAULTS
 from boxsup.errors import BoxSupError
+from boxsup.utils.files import check_writable_dir, check_writable_file
+
+TRIMAP_FIGURE = "trimap.png"  # eval --trimap's figure when --figure is not given
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -20,6 +24,9 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     else:
         from boxsup.data.synth import generate_dataset as generate
 
+    check_writable_dir(args.out, "--out")
+    if args.format == "coco":
+        check_writable_dir(_coco_copy_dir(args.out), "--format coco: its copy")
     options = {}
     if args.no_distractors:
         if args.style != "photo":
@@ -37,13 +44,19 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     if args.format == "coco":
         from boxsup.data.to_coco import write_coco_copy
 
-        out = Path(args.out) if Path(args.out).name not in ("", ".", "..") else Path(args.out).resolve()
-        copy = write_coco_copy(out, out.with_name(f"{out.name}-coco"))
+        copy = write_coco_copy(Path(args.out), _coco_copy_dir(args.out))
         print(f"wrote its COCO copy {copy['out']} (annotations/instances_<split>.json, <split>/<id>.jpg): {copy['splits']}")
+
+
+def _coco_copy_dir(out: str) -> Path:
+    """Where ``data synth --format coco`` writes the COCO copy of ``out``: ``<out>-coco`` beside it."""
+    path = Path(out) if Path(out).name not in ("", ".", "..") else Path(out).resolve()
+    return path.with_name(f"{path.name}-coco")
 
 
 def _cmd_proposals(args: argparse.Namespace) -> None:
     from boxsup.config import DEFAULTS, resolve_classes
+    from boxsup.data.dataset import skip_summary
     from boxsup.data.sources import build_training_set
     from boxsup.proposals.generate import build_store
     from boxsup.proposals.store import ProposalStore
@@ -52,12 +65,17 @@ def _cmd_proposals(args: argparse.Namespace) -> None:
         raise BoxSupError("proposals: give --data ROOT and --out STORE (or `boxsup proposals import --format mcg ...`)")
     if args.local and (args.tasks is not None or args.address is not None):
         raise BoxSupError("proposals: --local runs in this process; drop --tasks and --address")
+    cap, max_side = (_checked_proposal_flag(args, name) for name in ("max_candidates", "max_side"))
     classes = resolve_classes({"data": {"classes": args.classes, "root": args.data}})
     data = {**DEFAULTS["data"], "root": str(Path(args.data).resolve()), "train_split": args.split}
     dataset = build_training_set({"data": data}, classes)  # a bad root or split stops here, before Ray starts
+    usable = [ann.image_id for ann in dataset.load_annotations(skip_bad=True)]  # each problem logged once, here
+    if not usable:
+        raise BoxSupError(f"{dataset.list_file}: none of its {len(dataset.ids)} images can be used "
+                          "(see the warnings above)")
     store = ProposalStore(args.out)
     if args.local:
-        report = build_store(dataset, store, args.method, args.max_candidates, args.seed)
+        report = build_store(dataset, store, args.method, cap, args.seed, ids=usable, max_side=max_side)
     else:
         import ray
 
@@ -67,15 +85,24 @@ def _cmd_proposals(args: argparse.Namespace) -> None:
         started = not ray.is_initialized()
         start_ray(args.address)
         try:
-            report = build_store_on_ray(dataset, data, store, args.method, args.max_candidates, args.seed, tasks=args.tasks)
+            report = build_store_on_ray(dataset, data, store, args.method, cap, args.seed, ids=usable, tasks=args.tasks,
+                                        max_side=max_side)
         finally:
             if started:
                 ray.shutdown()
         print(report.throughput_line())
-    skipped = ", ".join(f"{n} {why}" for why, n in report.skipped.items()) or "none"
-    print(f"{args.out}: {report.made} made, {report.reused} already there, skipped: {skipped}")
-    if dataset.skip_counts.counts:
-        print("annotation problems: " + ", ".join(f"{n} x {why}" for why, n in dataset.skip_counts.counts.items()))
+    print(f"{args.out}: {report.made} made, {report.reused} already there, skipped: {skip_summary(report.skipped)}")
+    print(f"annotation problems (images and boxes left out): {skip_summary(dataset.skip_counts.counts)}")
+
+
+def _checked_proposal_flag(args: argparse.Namespace, name: str) -> int:
+    """``--max-candidates`` or ``--max-side`` (default: the config key's); out of the key's range is one line."""
+    from boxsup.config import BOUNDS
+
+    value = getattr(args, name)
+    if value not in BOUNDS[f"proposals.{name}"]:
+        raise BoxSupError(f"--{name.replace('_', '-')}: {BOUNDS[f'proposals.{name}'].describe()}, got {value}")
+    return value
 
 
 def _cmd_proposals_import(args: argparse.Namespace) -> None:
@@ -111,16 +138,22 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from boxsup.platform.launch import run_boxsup
 
     if args.resume:
-        if args.config or args.set:
-            raise BoxSupError("--resume continues a run with its own config; drop --config and --set")
-        result = run_boxsup({}, resume=args.resume)
+        if args.config:
+            raise BoxSupError("--resume continues a run with its own config; drop --config "
+                              "(--set may change train.lr and train.epochs)")
+        result = run_boxsup({}, resume=args.resume, changes=args.set)
     elif args.config:
         result = run_boxsup(load_config(args.config, args.set))
     else:
         raise BoxSupError("give --config FILE (a new run) or --resume RUN_DIR (continue one)")
+    if result.nothing_to_resume:
+        print(f"run {result.run_id} ({result.run_dir}) finished (val mIoU {result.val_miou:.4f}); nothing to resume")
+        return
     rounds = " ".join(f"{v:.3f}" for v in result.pseudo_miou) or "-"
     print(f"run {result.run_id} ({result.run_dir}): val mIoU {result.val_miou:.4f}, "
           f"pixel accuracy {result.val_pixel_accuracy:.4f}; pseudo-label mIoU by round: {rounds}")
+    if result.annotation_problems != "none":
+        print(f"annotation problems (images and boxes left out): {result.annotation_problems}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -128,6 +161,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
     _check_scales(args.scales)
     _check_eval_flags(args)
+    if args.trimap:
+        check_writable_file(args.figure or TRIMAP_FIGURE, "--figure")
     args.eval_data, args.crf_set = _eval_data(args)
     crf_settings(None, args.crf_set, "--set")  # a bad --set stops here, before any checkpoint is read
     if args.crf_search:
@@ -202,7 +237,7 @@ def _eval_trimap(args: argparse.Namespace) -> None:
         print(f"{label} ({path}): mIoU {scores.miou:.4f}  pixel accuracy {scores.pixel_accuracy:.4f}{crf}")
         curves[label] = trimap.compute()
     print(format_trimap_table(curves))
-    figure = args.figure or "trimap.png"
+    figure = args.figure or TRIMAP_FIGURE
     trimap_figure(curves, figure)
     print(f"wrote {figure}")
 
@@ -225,10 +260,12 @@ def _check_scales(scales: list[float] | None) -> None:
 
 
 def _trained_model(args: argparse.Namespace):
-    from boxsup.platform.tracking import tracking_uri
-    from boxsup.serving.trained_model import load_trained_model
+    from boxsup.platform.tracking import check_tracking_store, tracking_uri
+    from boxsup.serving.trained_model import MLFLOW_SCHEMES, load_trained_model
 
-    return load_trained_model(args.checkpoint, tracking_uri(args.tracking_uri))
+    from_mlflow = args.checkpoint.startswith(MLFLOW_SCHEMES)  # a tracking server is asked only then
+    uri = check_tracking_store(args.tracking_uri) if from_mlflow else tracking_uri(args.tracking_uri)
+    return load_trained_model(args.checkpoint, uri)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -237,6 +274,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     _check_scales(args.scales)
     paths = resolve_images(args.images)  # a wrong --images stops here, before the model is fetched
+    check_writable_dir(args.out, "--out")
     model = _trained_model(args)
     scales = tuple(args.scales) if args.scales else model.eval_scales
     crf = model.eval_crf if args.crf is None else args.crf
@@ -253,6 +291,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> None:
     from boxsup.serving.export import export_model
 
+    check_writable_file(args.out, "--out")
     print(export_model(_trained_model(args), args.format, args.out).summary())
 
 
@@ -292,6 +331,8 @@ def _cmd_data_check(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
+    if args.data is not None and not (Path(args.data).is_dir() and any(Path(args.data).iterdir())):
+        check_writable_dir(args.data, "demo --data")  # the demo set is to be written there
     if args.extra_boxes:
         from boxsup.demo_extra_boxes import run_extra_boxes_demo
 
@@ -345,7 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     prop.add_argument("--out", help="store directory; required")
     prop.add_argument("--classes", default="auto",
                       help="auto (<data>/classes.txt if present, else the VOC classes), voc, or a file of names")
-    prop.add_argument("--max-candidates", type=int, default=2000)
+    prop.add_argument("--max-candidates", type=int, default=DEFAULTS["proposals"]["max_candidates"],
+                      help="candidates kept per image (default: proposals.max_candidates's, %(default)s)")
+    prop.add_argument("--max-side", type=int, default=DEFAULTS["proposals"]["max_side"],
+                      help="computed on a copy at most this many pixels long (default: proposals.max_side's, %(default)s)")
     prop.add_argument("--seed", type=int, default=0)
     prop.add_argument("--tasks", type=int, help="Ray tasks at a time (default: every CPU of the cluster)")
     prop.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on every core)")
@@ -362,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--split", help="with --data (default train)")
     imp.add_argument("--classes", help="with --data: auto (default), voc, or a file of names")
     imp.add_argument("--out", required=True, help="store directory (then set proposals.store to it)")
-    imp.add_argument("--max-candidates", type=int, help="default: the config's proposals.max_candidates (2000)")
+    imp.add_argument("--max-candidates", type=int, help="default: the config's proposals.max_candidates "
+                                                         f"({DEFAULTS['proposals']['max_candidates']} unless set)")
     imp.set_defaults(func=_cmd_proposals_import)
 
     train = sub.add_parser("train", help="train one model (one MLflow run)")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import yaml
 
 from boxsup.errors import BoxSupError
-from boxsup.utils.lists import first_duplicate
+from boxsup.utils.lists import first_duplicate, read_user_text
 
 # Paper defaults (Sec. 4.3, 5): batch 20, lr 1e-3 / 10 every 15 epochs, 45 epochs, lambda 3, k 5.
 DEFAULTS: dict[str, Any] = {
@@ -38,8 +38,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "proposals": {
         "method": "ss",  # ss | grabcut | rectangles | mcg (imported: boxsup proposals import)
-        "store": None,  # default: <output.dir>/proposals/<dataset>-<split>-<method>
-        "max_candidates": 2000,
+        "store": None,  # default: <output.dir>/proposals/<dataset>-<hash>-<split>-<method>-<max_candidates>
+        "max_candidates": 1000,  # per image; also `boxsup proposals`'s default (the paper's setups state 2000)
+        "max_side": 640,  # px: proposals computed on a copy at most this long (VOC and COCO images as they are)
     },
     "assign": {
         "lam": 3.0,
@@ -188,6 +189,7 @@ BOUNDS: dict[str, Range] = {
     "train.lr_gamma": Range(0, 1, low_open=True),
     "data.mask_fraction": FRACTION,
     "data.audit_fraction": FRACTION,
+    "proposals.max_side": Range(32),  # pixels; smaller copies leave too few superpixels
 }  # fmt: skip
 
 # Keys that no longer exist: setting one is an error that says what replaced it, never silently ignored.
@@ -373,12 +375,25 @@ def read_yaml_mapping(path: str | Path, what: str, holds: str) -> dict[Any, Any]
     if not path.is_file():
         raise BoxSupError(f"{path}: {what} not found")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(read_user_text(path, what)) or {}
     except yaml.YAMLError as exc:
-        raise BoxSupError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise BoxSupError(f"{path}: not valid YAML {yaml_problem(exc)}") from None
     if not isinstance(loaded, dict):
         raise BoxSupError(f"{path}: top level must be a mapping of {holds}")
     return loaded
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what a YAML error is, in one line: ``at line L, column C: problem (context)``."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return f"({str(exc).splitlines()[0]})"
+    mark = exc.problem_mark
+    context = ""
+    if exc.context:
+        started = exc.context_mark
+        at = f" at line {started.line + 1}, column {started.column + 1}" if started is not None else ""
+        context = f" ({exc.context}{at})"
+    return f"at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}{context}"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -512,7 +527,7 @@ def class_root(cfg: dict[str, Any]) -> str:
 
 def read_class_file(path: Path) -> tuple[str, ...]:
     """The names of a class list file (one per line, in label-id order); empty or repeated names are refused."""
-    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    names = tuple(line.strip() for line in read_user_text(path, "class list").splitlines() if line.strip())
     if not names:
         raise BoxSupError(f"{path}: class list is empty")
     twice = first_duplicate(names)

@@ -124,8 +124,8 @@ def test_boxes_ids_classes_and_crowds(tmp_path):
     assert a3.boxes == [Box(0, 0, 40, 30, VOC["cat"]), Box(0, 1, 4, 3, VOC["dog"])] and not a3.has_mask
     a25 = ds.annotation("COCO_train2014_000000000025")
     assert a25.boxes == [] and not a25.has_mask
-    assert ds.skips.counts == {"box clipped to the image": 3, "box of zero area or outside the image": 2,
-                               "crowd region": 1}
+    assert ds.skips.counts == {"box clipped to the image": 3, "box of zero area or outside the image": 1,
+                               "zero-width box": 1, "crowd region": 1}
     assert ds.mapping.dropped == {"giraffe": 2}
     assert ds.load_annotations(skip_bad=False)[1].boxes == a9.boxes
 

@@ -9,6 +9,7 @@ import numpy as np
 
 BACKGROUND = 0
 IGNORE = 255  # VOC's "void" label: not counted in losses or metrics
+ZERO_WIDTH_BOX = "zero-width box"  # the skip of a box with no width or height (a line, not an object)
 
 
 class Supervision(str, Enum):

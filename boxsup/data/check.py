@@ -1,7 +1,8 @@
 """``boxsup data check``: what a config's sources hold, and what is wrong with them, before any training.
 
 Per source: images (usable and left out), images with masks, boxes per class, classes dropped by
-the mapping, and every problem counted with one example path. ``decode`` also decodes every image's
+the mapping, and every problem counted with one example path (a validation image without a mask
+is one: a run refuses it). ``decode`` also decodes every image's
 pixels and every mask (slower; catches truncated JPEGs and bad mask values).
 """
 
@@ -37,7 +38,7 @@ def check_source(dataset: SegmentationDataset, role: str, decode: bool = False, 
     names = ("background", *dataset.classes)
     for image_id in tqdm(dataset.ids, desc=f"check {dataset.name}", disable=not progress, unit="img"):
         try:
-            ann = dataset.annotation(image_id)
+            ann = dataset.checked_annotation(image_id)  # a validation image without a mask is a problem
             if decode:
                 dataset.image(image_id)
                 if ann.has_mask:

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from boxsup.data.annotations import BACKGROUND, IGNORE, Box, ImageAnnotation
+from boxsup.data.annotations import BACKGROUND, IGNORE, ZERO_WIDTH_BOX, Box, ImageAnnotation
 from boxsup.data.classes import ClassMapping, coco_aliases
 from boxsup.data.dataset import SegmentationDataset
 from boxsup.data.images import SizeMismatchError, SkipCounts, size_text
 from boxsup.errors import BoxSupError
+from boxsup.utils.lists import names_text
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class CocoDataset(SegmentationDataset):
         unknown = sorted(set(self.mapping.class_map) - names)
         if unknown:  # most likely a typo (or VOC's name for a COCO category)
             raise BoxSupError(f"source {self.name!r} class_map: {unknown[0]!r} is not a category of {self.list_file} "
-                              f"(its categories: {', '.join(sorted(names))})")
+                              f"(its categories: {names_text(sorted(names))})")
         self._image_of: dict[str, dict[str, Any]] = {}
         for coco_id in sorted(self.coco.imgs):
             record = self.coco.imgs[coco_id]
@@ -145,9 +146,7 @@ class CocoDataset(SegmentationDataset):
         boxes: list[Box] = []
         skips: list[tuple[str, str]] = []
         dropped: list[str] = []
-        has_mask = False
         for ann in self._objects(record):
-            has_mask = has_mask or _has_segmentation(ann)
             name, label = self._category[ann["category_id"]]
             where = f"{self.list_file} annotation id {ann['id']}"
             if not label:  # a class the run does not know, or mapped to background/null by class_map
@@ -155,6 +154,9 @@ class CocoDataset(SegmentationDataset):
                 continue
             if _is_crowd(ann):
                 skips.append(("crowd region", where))
+                continue
+            if 0 in ann["bbox"][2:]:  # w or h of 0: a line, not an object
+                skips.append((ZERO_WIDTH_BOX, where))
                 continue
             raw = coco_box(ann["bbox"])
             x0, y0, x1, y1 = max(0, raw[0]), max(0, raw[1]), min(width, raw[2]), min(height, raw[3])
@@ -164,17 +166,24 @@ class CocoDataset(SegmentationDataset):
                 skips.append(("box of zero area or outside the image", where))
                 continue
             boxes.append(Box(x0, y0, x1, y1, label))
-        for reason, where in skips:  # counted only once the whole annotation is known to be good
-            self.skips.add(reason, where, quiet=True)  # COCO-scale sets have many: the counts tell
-        for name in dropped:
-            self.mapping.count_dropped(name)
-        return ImageAnnotation(image_id, width, height, boxes, has_mask=has_mask)
+        if self.reports_skips_of(image_id):  # counted only once the whole annotation is known to be good
+            for reason, where in skips:
+                self.skips.add(reason, where, quiet=True)  # COCO-scale sets have many: the counts tell
+            for name in dropped:
+                self.mapping.count_dropped(name)
+        return ImageAnnotation(image_id, width, height, boxes, has_mask=self._has_mask(self._objects(record)))
+
+    def _has_mask(self, objects: list[dict[str, Any]]) -> bool:
+        """Whether an image with these objects has a mask: when one of them has a segmentation; in a
+        validation set (``scored``) also when it has no object at all, all background then (a score
+        counts every image of the file, as torchvision's COCO evaluation does)."""
+        return any(_has_segmentation(ann) for ann in objects) or (self.scored and not objects)
 
     def mask(self, image_id: str) -> np.ndarray | None:
-        """The label map painted from the objects' polygons/RLE, or None when none of them has one."""
+        """The label map painted from the objects' polygons/RLE, or None when the image has none (``_has_mask``)."""
         record = self._record(image_id)
         objects = self._objects(record)
-        if not any(_has_segmentation(ann) for ann in objects):
+        if not self._has_mask(objects):
             return None
         width, height = self._checked_size(image_id)
         mask = np.zeros((height, width), np.uint8)

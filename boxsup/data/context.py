@@ -116,10 +116,11 @@ class ContextDataset(ListedDataset):
         source = self.source_mask(image_id)
         height, width = source.shape
         boxes = []
+        counted = self.reports_skips_of(image_id)  # once per image, however many callers read it
         for box in boxes_from_class_mask(source, min_pixels=self.min_box_pixels):
             run_id = self.source_to_run[box.label]
             if 0 < run_id < IGNORE:
                 boxes.append(Box(box.x0, box.y0, box.x1, box.y1, run_id))
-            else:  # expected by design (sky, wall... in a VOC run): counted per class, not a skip to warn about
+            elif counted:  # expected by design (sky, wall... in a VOC run): counted per class, not a skip to warn about
                 self.mapping.count_dropped(CONTEXT_CLASSES[box.label - 1])
         return ImageAnnotation(image_id, width, height, boxes, has_mask=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,9 +19,13 @@ import numpy as np
 from boxsup.data.annotations import ImageAnnotation
 from boxsup.data.images import SizeMismatchError, SkipCounts, picture_size, read_rgb, size_text
 from boxsup.errors import BoxSupError
-from boxsup.utils.lists import first_duplicate
+from boxsup.utils.lists import first_duplicate, list_ids
 
 log = logging.getLogger(__name__)
+
+
+class MissingMaskError(BoxSupError):
+    """An image of a validation set has no mask to score it against."""
 
 
 class SegmentationDataset(ABC):
@@ -28,6 +33,9 @@ class SegmentationDataset(ABC):
 
     Subclasses set ``name``, ``classes`` (the run's, in label-id order), ``ids`` and ``list_file``
     (what the ids came from, for messages) and implement ``image_path``, ``annotation`` and ``mask``.
+    ``scored``: a validation set, whose every image must have a mask (a score over fewer images
+    would be a wrong result). ``reports_skips``: whether this reader counts and logs the boxes its
+    annotations drop; off in processes that re-read what the driver already reported.
     """
 
     name: str
@@ -35,6 +43,8 @@ class SegmentationDataset(ABC):
     ids: list[str]
     list_file: Path
     skips: SkipCounts
+    scored: bool = False
+    reports_skips: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -75,21 +85,43 @@ class SegmentationDataset(ABC):
             raise SizeMismatchError(f"{where}: mask is {size_text(*mask_size)} but the image "
                                     f"{self.image_path(image_id)} is {size_text(*real)}")
 
+    def checked_annotation(self, image_id: str) -> ImageAnnotation:
+        """``annotation``; in a ``scored`` set an image without a mask is refused too."""
+        ann = self.annotation(image_id)
+        if self.scored and not ann.has_mask:
+            raise MissingMaskError(f"{self.image_path(image_id)}: validation image without a mask: a score must "
+                                   f"count every image (give it a mask or take it out of {self.list_file})")
+        return ann
+
+    def reports_skips_of(self, image_id: str) -> bool:
+        """Whether to count and log what this reading of the image's (good) annotation drops: only the
+        first reading, however many callers read it, and never in a reader whose skips are silenced."""
+        counted = vars(self).setdefault("_skips_counted", set())  # made on first use: readers share no __init__
+        if not self.reports_skips or image_id in counted:
+            return False
+        counted.add(image_id)
+        return True
+
+    def silence_skips(self) -> None:
+        """Leave counting and logging box skips to the driver's reader (for readers in actors and tasks)."""
+        self.reports_skips = False
+
     def load_annotations(self, skip_bad: bool) -> list[ImageAnnotation]:
         """Every image's annotation, in id order.
 
         ``skip_bad``: an image whose annotation, image or mask is unreadable, names an unknown
-        class or disagrees in size is left out, counted in ``skips`` and logged with its path;
-        otherwise the first such problem raises.
+        class or disagrees in size (or, in a ``scored`` set, has no mask) is left out, counted in
+        ``skips`` and logged with its path; otherwise the first such problem raises.
         """
         annotations, left_out = [], 0
         for image_id in self.ids:
             try:
-                annotations.append(self.annotation(image_id))
+                annotations.append(self.checked_annotation(image_id))
             except BoxSupError as exc:
                 if not skip_bad:
                     raise
-                why = "size mismatch" if isinstance(exc, SizeMismatchError) else "bad annotation, image or mask"
+                why = ("size mismatch" if isinstance(exc, SizeMismatchError) else
+                       "no mask" if isinstance(exc, MissingMaskError) else "bad annotation, image or mask")
                 self.skips.add(f"image left out: {why}", str(exc))
                 left_out += 1
         if left_out:
@@ -150,6 +182,10 @@ class UnionDataset(SegmentationDataset):
     def load_annotations(self, skip_bad: bool) -> list[ImageAnnotation]:
         return [ann for source in self.sources for ann in source.load_annotations(skip_bad)]
 
+    def silence_skips(self) -> None:
+        for source in self.sources:
+            source.silence_skips()
+
     @property
     def skip_counts(self) -> SkipCounts:
         """The skips of every source together."""
@@ -157,6 +193,11 @@ class UnionDataset(SegmentationDataset):
         for source in self.sources:
             total.merge(source.skips)
         return total
+
+
+def skip_summary(counts: Counter) -> str:
+    """Skip counts (``SkipCounts.counts``, a build's ``skipped``) in one line, most frequent first; "none" if none."""
+    return ", ".join(f"{n} x {reason}" for reason, n in counts.most_common()) or "none"
 
 
 def check_unique_ids(ids: list[str], list_file: Path) -> None:
@@ -174,6 +215,7 @@ class PrefixedDataset(SegmentationDataset):
     def __init__(self, inner: SegmentationDataset, prefix: str):
         self.inner, self.prefix = inner, prefix
         self.name, self.classes, self.list_file, self.skips = inner.name, inner.classes, inner.list_file, inner.skips
+        self.scored = inner.scored
         self.ids = [prefix + image_id for image_id in inner.ids]
 
     def _inner_id(self, image_id: str) -> str:
@@ -201,6 +243,9 @@ class PrefixedDataset(SegmentationDataset):
     def origin(self) -> dict[str, Any]:
         return self.inner.origin() | {"prefix": self.prefix}
 
+    def silence_skips(self) -> None:
+        self.inner.silence_skips()
+
     def load_annotations(self, skip_bad: bool) -> list[ImageAnnotation]:
         annotations = self.inner.load_annotations(skip_bad)
         for ann in annotations:
@@ -209,15 +254,10 @@ class PrefixedDataset(SegmentationDataset):
 
 
 def read_list_file(path: Path) -> list[str]:
-    """Image ids of a list file: the first word of each line; a path such as DeepLab's
-    ``/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png`` gives its file stem."""
+    """Image ids of a list file, one per line (``boxsup.utils.lists.list_ids``), each listed once."""
     if not path.is_file():
         raise BoxSupError(f"{path}: split list not found")
-    ids = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            first = line.split()[0]
-            ids.append(Path(first).stem if "/" in first or first.endswith(".jpg") else first)
+    ids = list_ids(path)
     check_unique_ids(ids, path)
     return ids
 

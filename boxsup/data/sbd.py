@@ -176,13 +176,17 @@ class SBDDataset(ListedDataset):
             source_boxes = boxes_from_class_mask(seg)
             where = str(self.cls_path(image_id))
             notes.append(("boxes from class-mask components", f"{where} (no {inst_path})"))
-        boxes = self._mapped(source_boxes, where, notes)
-        for reason, place in notes:  # counted only once the whole annotation is known to be good
-            self.skips.add(reason, place, quiet=True)
+        dropped: list[str] = []
+        boxes = self._mapped(source_boxes, where, notes, dropped)
+        if self.reports_skips_of(image_id):  # counted once, and only once the whole annotation is known to be good
+            for reason, place in notes:
+                self.skips.add(reason, place, quiet=True)
+            for name in dropped:
+                self.mapping.count_dropped(name)
         return ImageAnnotation(image_id, width, height, boxes, has_mask=True)
 
-    def _mapped(self, source_boxes: list[Box], where: str, notes: list[tuple[str, str]]) -> list[Box]:
-        """Boxes relabelled in run class ids; those of dropped classes noted, per class."""
+    def _mapped(self, source_boxes: list[Box], where: str, notes: list[tuple[str, str]], dropped: list[str]) -> list[Box]:
+        """Boxes relabelled in run class ids; those of other classes noted, and their class names added to ``dropped``."""
         boxes = []
         for k, box in enumerate(source_boxes):
             run_id = self.source_to_run[box.label]
@@ -190,7 +194,7 @@ class SBDDataset(ListedDataset):
                 boxes.append(Box(box.x0, box.y0, box.x1, box.y1, run_id))
                 continue
             name = VOC_CLASSES[box.label - 1]
-            self.mapping.count_dropped(name)
+            dropped.append(name)
             how = "mapped to background" if run_id == 0 else "not a class of this run"
             notes.append((f"class {name!r} {how}: box dropped", f"{where} box {k}"))
         return boxes

@@ -160,11 +160,13 @@ READERS: dict[str, Callable[[SourceSpec, tuple[str, ...]], SegmentationDataset]]
 }  # fmt: skip
 
 
-def open_source(spec: SourceSpec, classes: tuple[str, ...]) -> SegmentationDataset:
-    """The reader of one source, its ids prefixed when the source says so."""
+def open_source(spec: SourceSpec, classes: tuple[str, ...], scored: bool = False) -> SegmentationDataset:
+    """The reader of one source, its ids prefixed when the source says so; ``scored``: a validation
+    source, each of whose images must have a mask (``SegmentationDataset.scored``)."""
     if not Path(spec.root).is_dir():
         raise BoxSupError(f"{spec.root}: root of source {spec.name!r} is not a directory")
     dataset = READERS[spec.format](spec, classes)
+    dataset.scored = scored
     return PrefixedDataset(dataset, spec.prefix) if spec.prefix else dataset
 
 
@@ -175,7 +177,7 @@ def build_datasets(cfg: dict[str, Any], classes: tuple[str, ...] | None = None) 
     classes = classes or resolve_classes(cfg)
     train_specs, val_spec = source_specs(cfg["data"])
     train = UnionDataset([open_source(spec, classes) for spec in train_specs])
-    return train, open_source(val_spec, classes)
+    return train, open_source(val_spec, classes, scored=True)
 
 
 def build_training_set(cfg: dict[str, Any], classes: tuple[str, ...] | None = None) -> UnionDataset:

@@ -8,6 +8,7 @@ import numpy as np
 
 from boxsup.data.annotations import ImageAnnotation, Supervision
 from boxsup.errors import BoxSupError
+from boxsup.utils.lists import list_ids
 
 
 def images_with_masks(ids: list[str], mode: str, seed: int, fraction: float = 0.1, mask_list: str | None = None) -> set[str]:
@@ -31,11 +32,11 @@ def images_with_masks(ids: list[str], mode: str, seed: int, fraction: float = 0.
 
 
 def read_id_list(path: str | Path, ids: list[str], key: str) -> set[str]:
-    """The ids of a list file (first word per line), all of which must be in ``ids``."""
+    """The ids of a list file (one per line, as ``list_ids`` reads them), all of which must be in ``ids``."""
     path = Path(path)
     if not path.is_file():
         raise BoxSupError(f"{path}: {key} file not found")
-    listed = {line.split()[0] for line in path.read_text().splitlines() if line.strip()}
+    listed = set(list_ids(path, f"{key} file"))
     unknown = listed - set(ids)
     if unknown:
         raise BoxSupError(f"{path}: {len(unknown)} ids not in the training split, e.g. {sorted(unknown)[0]!r}")

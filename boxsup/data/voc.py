@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from boxsup.data.annotations import Box, ImageAnnotation
+from boxsup.data.annotations import ZERO_WIDTH_BOX, Box, ImageAnnotation
 from boxsup.data.classes import ClassMapping
 from boxsup.data.dataset import ListedDataset
 from boxsup.data.images import SizeMismatchError, SkipCounts, open_picture, size_text
 from boxsup.errors import BoxSupError
 from boxsup.utils.files import atomic_path, write_text_atomic
+from boxsup.utils.lists import names_text
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class VOCDataset(ListedDataset):
     """Read one split of a dataset in the VOC layout (VOC 2012, VOC 2007, SegmentationClassAug).
 
     ``annotation(id)`` parses the XML (boxes clipped to the image; boxes of zero area after
-    clipping are skipped and counted) and checks the image's and mask's real sizes against it;
+    clipping, or zero width with xmin = xmax or ymin = ymax, are skipped and counted) and checks the image's and mask's real sizes against it;
     ``image(id)`` decodes the JPEG as RGB uint8; ``mask(id)`` reads the PNG in ``mask_dir`` (a
     palette PNG as VOC ships it, or SegmentationClassAug's greyscale one) as class ids, or gives
     ``None`` when the image has no mask. The ids come from ``ImageSets/{Segmentation,Main}/<split>.txt``
@@ -125,8 +126,9 @@ class VOCDataset(ListedDataset):
             with open_picture(self.mask_path(image_id), "mask") as im:
                 self.check_mask_size(image_id, self.mask_path(image_id), im.size)
         boxes, skips = self._boxes(path, root, width, height)
-        for reason, where in skips:  # counted only once the whole annotation is known to be good
-            self.skips.add(reason, where, quiet=reason.startswith("class "))
+        if self.reports_skips_of(image_id):  # counted only once the whole annotation is known to be good
+            for reason, where in skips:
+                self.skips.add(reason, where, quiet=reason.startswith("class "))
         return ImageAnnotation(image_id, width, height, boxes, has_mask=has_mask)
 
     def _boxes(self, path: Path, root: ET.Element, width: int, height: int) -> tuple[list[Box], list[tuple[str, str]]]:
@@ -136,7 +138,7 @@ class VOCDataset(ListedDataset):
             name = (obj.findtext("name") or "").strip()
             label = self.mapping.id_of(name)
             if label is None and name not in self.mapping.class_map:
-                raise BoxSupError(f"{path}: unknown class {name!r} (known: {', '.join(self.classes)}; a dataset of "
+                raise BoxSupError(f"{path}: unknown class {name!r} (known: {names_text(self.classes)}; a dataset of "
                                   f"other classes lists them in label-id order in {self.root / 'classes.txt'} "
                                   "or data.classes)")
             if not label:  # mapped to null or to background by class_map
@@ -153,6 +155,9 @@ class VOCDataset(ListedDataset):
                 skips.append(("box clipped to the image", f"{path} object {k}"))
             if x1 <= x0 or y1 <= y0:
                 skips.append(("box of zero area or outside the image", f"{path} object {k}"))
+                continue
+            if x1 - x0 == 1 or y1 - y0 == 1:  # xmin = xmax or ymin = ymax: a line, not an object
+                skips.append((ZERO_WIDTH_BOX, f"{path} object {k}"))
                 continue
             boxes.append(Box(x0, y0, x1, y1, label))
         return boxes, skips

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from boxsup.config import load_config, read_class_file, resolve_classes
-from boxsup.data.dataset import SegmentationDataset
+from boxsup.data.dataset import MissingMaskError, SegmentationDataset
 from boxsup.data.sources import open_source, source_specs
 from boxsup.data.voc import VOCDataset
 from boxsup.errors import BoxSupError
@@ -35,7 +35,7 @@ def evaluate(
 ) -> ConfusionMatrix:
     """Confusion matrix of the model's predictions against the GT masks of ``dataset`` (or ``ids``).
 
-    Images without a mask cannot be scored and are left out.
+    An image without a mask is refused in one line: a score over fewer images would be a wrong result.
     """
     confusion = ConfusionMatrix(dataset.num_classes)
     for prediction, mask in _predictions(model, dataset, device, scales, crf, crf_params, progress, ids):
@@ -67,11 +67,12 @@ def _predictions(
     model: torch.nn.Module, dataset: SegmentationDataset, device: torch.device, scales: tuple[float, ...], crf: bool,
     crf_params: CRFParams | None, progress: bool, ids: list[str] | None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(prediction, GT mask) of every image of ``ids`` (default: the split) that has a mask."""
+    """(prediction, GT mask) of every image of ``ids`` (default: the split); each must have a mask."""
     for image_id in tqdm(dataset.ids if ids is None else ids, desc="eval", leave=False, disable=not progress, unit="img"):
         mask = dataset.mask(image_id)
         if mask is None:
-            continue
+            raise MissingMaskError(f"{dataset.image_path(image_id)}: validation image without a mask: "
+                                   "a score must count every image")
         prediction = predict_label_map(model, dataset.image(image_id), scales=scales, crf=crf, device=device,
                                        crf_params=crf_params)
         check_prediction_size(dataset, image_id, prediction.shape, mask)
@@ -121,16 +122,25 @@ class EvalData:
     overrides: tuple[str, ...] = ()
 
     def open(self, checkpoint: str | Path, classes: tuple[str, ...]) -> SegmentationDataset:
-        """The split's reader for a model trained on ``classes``; a class list that differs is one line."""
+        """The split's reader for a model trained on ``classes``, its annotations checked as a run checks its
+        validation set (every image readable, of its annotation's size, with a mask); each problem one line."""
+        dataset = self._reader(checkpoint, classes)
+        dataset.load_annotations(skip_bad=False)
+        return dataset
+
+    def _reader(self, checkpoint: str | Path, classes: tuple[str, ...]) -> SegmentationDataset:
+        """The split's reader; a class list that differs from ``classes`` is one line."""
         if self.config is None:
             _check_dataset_classes(checkpoint, classes, Path(self.root))
-            return VOCDataset(self.root, self.split, classes)
+            dataset = VOCDataset(self.root, self.split, classes)
+            dataset.scored = True
+            return dataset
         cfg = load_config(self.config, list(self.overrides))
         configured = resolve_classes(cfg)
         if configured != classes:
             raise BoxSupError(f"{checkpoint}: the model was trained for classes {', '.join(classes)} but {self.config} "
                               f"resolves to {', '.join(configured)}")
-        return open_source(source_specs(cfg["data"])[1], classes)
+        return open_source(source_specs(cfg["data"])[1], classes, scored=True)
 
 
 def open_checkpoint(checkpoint: str | Path, data: EvalData, crf_overrides: Sequence[str] = ()) -> CheckpointModel:

@@ -78,5 +78,5 @@ def _probs_at_scale(model: nn.Module, image: torch.Tensor, scale: float) -> torc
     if scale != 1.0:
         scaled_size = [max(1, round(side * scale)) for side in size]
         scaled = F.interpolate(image, size=scaled_size, mode="bilinear", align_corners=False)
-    logits = F.interpolate(model(scaled), size=size, mode="bilinear", align_corners=False)
+    logits = F.interpolate(model(scaled).float(), size=size, mode="bilinear", align_corners=False)  # float32 under autocast
     return logits.softmax(dim=1)

@@ -30,7 +30,7 @@ from boxsup.data.annotations import IGNORE, ImageAnnotation
 from boxsup.data.label_store import LabelStore
 from boxsup.data.sources import build_training_set
 from boxsup.errors import BoxSupError
-from boxsup.proposals.store import ProposalStore
+from boxsup.proposals.store import ProposalFileMissing, ProposalStore
 from boxsup.assign.cache import MB, BoxedPoolCache
 from boxsup.assign.diagnostics import ChoiceDiagnostics, ReferenceChoices, diagnose, gt_atom_histogram
 from boxsup.trainers.faults import Fault, kill
@@ -84,6 +84,8 @@ class Assigner:
     def __init__(self, spec: AssignmentSpec):
         self.spec = spec
         self.dataset = build_training_set({"data": spec.data}, spec.classes)
+        self.dataset.silence_skips()  # the driver counted and logged what the annotations drop
+        self._unreadable: dict[str, str | None] = {}  # image id -> why its pixels cannot be read (None: they can)
         self.pools = BoxedPoolCache(ProposalStore(spec.proposal_store), int(spec.cache_mb * MB),
                                     spec.consensus_margin if spec.consensus else None)
         self.labels = LabelStore(spec.label_store)
@@ -118,7 +120,9 @@ class Assigner:
             boxed = self.pools.get(ann)
         except EmptyPoolError:
             return ImageResult(image_id, skipped="empty candidate pool")
-        except BoxSupError as exc:  # a missing or corrupt proposal file: this image sits the round out
+        except ProposalFileMissing as exc:  # often because the build could not read the image: say that
+            return ImageResult(image_id, skipped=self.unreadable(image_id) or str(exc))
+        except BoxSupError as exc:  # a corrupt proposal file: this image sits the round out
             return ImageResult(image_id, skipped=str(exc))
         rng = image_rng(self.spec.seed, round_index, image_id)
         loss_sums = boxed.sums_from_means(atom_means) if atom_means is not None else None
@@ -135,6 +139,16 @@ class Assigner:
         if ann.has_mask:
             self.audit(out, boxed, result, round_index, previous_round, loss_sums)
         return out
+
+    def unreadable(self, image_id: str) -> str | None:
+        """Why the image's pixels cannot be decoded (its one line, naming the file), or None; decoded once."""
+        if image_id not in self._unreadable:
+            try:
+                self.dataset.image(image_id)
+                self._unreadable[image_id] = None
+            except BoxSupError as exc:
+                self._unreadable[image_id] = f"{exc}: no proposal pool, left out of training"
+        return self._unreadable[image_id]
 
     def audit(self, out: ImageResult, boxed, result, round_index: int, previous_round: int | None,
               loss_sums: np.ndarray | None = None) -> None:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from boxsup.data.dataset import SegmentationDataset
 from boxsup.data.sources import build_training_set
 from boxsup.errors import BoxSupError
-from boxsup.proposals.generate import NO_CANDIDATE, UNREADABLE, BuildReport, generator, prepare_store
+from boxsup.proposals.generate import MAX_SIDE, NO_CANDIDATE, UNREADABLE, BuildReport, generator, prepare_store
 from boxsup.proposals.store import ProposalStore
 from boxsup.utils.storage import canonical
 
@@ -49,12 +49,14 @@ class ChunkReport:
     retried: int = 0  # image attempts that failed and were tried again
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)  # reason -> "image id: message" of one image
+    failures: list[str] = field(default_factory=list)  # "image path or id: message" of every image counted
     seconds: float = 0.0  # the task's wall time, on the one CPU it holds
     cpu_seconds: float = 0.0  # the CPU time its process used meanwhile (less than ``seconds`` on a busy machine)
 
     def count(self, reason: str, example: str) -> None:
         self.skipped[reason] += 1
         self.examples.setdefault(reason, example)
+        self.failures.append(example)
 
 
 @dataclass
@@ -62,6 +64,7 @@ class ClusterBuildReport(BuildReport):
     """``BuildReport`` plus where it failed and how fast it went."""
 
     examples: dict[str, str] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
     retried: int = 0
     tasks: int = 0  # concurrent tasks
     chunks: int = 0
@@ -75,6 +78,7 @@ class ClusterBuildReport(BuildReport):
         self.skipped.update(part.skipped)
         for reason, example in part.examples.items():
             self.examples.setdefault(reason, example)
+        self.failures += part.failures
         self.core_seconds += part.seconds
         self.cpu_seconds += part.cpu_seconds
 
@@ -100,19 +104,22 @@ def _dataset(data: dict[str, Any], classes: tuple[str, ...]) -> SegmentationData
     global _worker_dataset
     key = json.dumps([data, list(classes)], sort_keys=True, default=str)
     if _worker_dataset is None or _worker_dataset[0] != key:
-        _worker_dataset = (key, build_training_set({"data": data}, tuple(classes)))
+        dataset = build_training_set({"data": data}, tuple(classes))
+        dataset.silence_skips()  # the driver counted and logged them
+        _worker_dataset = (key, dataset)
     return _worker_dataset[1]
 
 
 def build_chunk(data: dict[str, Any], classes: tuple[str, ...], origin: dict[str, Any], store_root: str,
-                method: str, max_candidates: int, seed: int, ids: list[str], image_retries: int) -> ChunkReport:
+                method: str, max_candidates: int, seed: int, ids: list[str], image_retries: int,
+                max_side: int = MAX_SIDE) -> ChunkReport:
     """Make and save the pools of ``ids`` (the body of one task; runs in a Ray worker)."""
     start, cpu_start = time.perf_counter(), time.process_time()
     dataset = _dataset(data, classes)
     if dataset.origin() != origin:
         raise BoxSupError(f"a Ray worker read the training set as {dataset.origin()}, the driver as {origin}; "
                           "give absolute data paths that every node can read")
-    store, make, report = ProposalStore(store_root), generator(method, max_candidates, seed), ChunkReport()
+    store, make, report = ProposalStore(store_root), generator(method, max_candidates, seed, max_side), ChunkReport()
     for image_id in ids:
         for attempt in range(image_retries + 1):
             try:
@@ -163,6 +170,7 @@ def build_store_on_ray(
     tasks: int | None = None,
     chunk_size: int | None = None,
     image_retries: int = 1,
+    max_side: int = MAX_SIDE,
 ) -> ClusterBuildReport:
     """``build_store`` as Ray tasks: the pools of ``dataset``'s images (or ``ids``) that ``store`` lacks.
 
@@ -173,8 +181,8 @@ def build_store_on_ray(
     """
     if tasks is not None and tasks < 1:
         raise BoxSupError(f"--tasks: needs at least 1 task, got {tasks}")
-    stored = prepare_store(store, dataset, method, max_candidates, seed)
-    generator(method, max_candidates, seed)  # an unknown method stops here, not in every task
+    stored = prepare_store(store, dataset, method, max_candidates, seed, max_side)
+    generator(method, max_candidates, seed, max_side)  # an unknown method stops here, not in every task
     wanted = list(dict.fromkeys(dataset.ids if ids is None else ids))
     todo = [image_id for image_id in wanted if image_id not in stored]
     report = ClusterBuildReport(reused=len(wanted) - len(todo), tasks=tasks or cluster_cpus())
@@ -187,7 +195,7 @@ def build_store_on_ray(
         while queue or pending:
             while queue and len(pending) < report.tasks:
                 chunk = queue.popleft()
-                pending[_build_chunk_task.remote(*args, chunk, image_retries)] = chunk
+                pending[_build_chunk_task.remote(*args, chunk, image_retries, max_side)] = chunk
                 report.chunks += 1
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             chunk = pending.pop(ref)
@@ -207,6 +215,8 @@ def build_store_on_ray(
             ray.cancel(ref)
         bar.close()
     report.wall_seconds = time.perf_counter() - start
+    for failure in report.failures:  # each image once, from the driver
+        log.warning("skipped %s", failure)
     for reason, n in report.skipped.items():
         log.warning("%d images: %s (e.g. %s)", n, reason, report.examples[reason])
     return report

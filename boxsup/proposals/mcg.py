@@ -211,7 +211,7 @@ def import_mcg(
     meta = store_meta(dataset, "mcg", max_candidates, seed=0)
     store.check_origin(meta)
     stems = _mat_stems(mat_dir)
-    stored = store.stored_ids()
+    stored = store.intact_ids()  # a damaged file is imported again
     if any(image_id not in stored for image_id in dataset.ids) and not any(i in stems for i in dataset.ids):
         example = mat_dir / f"{dataset.ids[0]}.mat" if dataset.ids else mat_dir
         raise BoxSupError(f"{mat_dir}: no MCG .mat file for any of the {len(dataset.ids)} images "

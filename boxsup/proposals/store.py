@@ -3,6 +3,12 @@
 Layout: ``STORE/meta.json`` (method, parameters, dataset and split that made the pools) and
 ``STORE/<image id>.npz`` with the atom map and the CSR membership arrays. The store is made once and
 read every round; ``check_origin`` refuses it for another method, dataset or split.
+
+What a build counts as already made is ``intact_ids``: the stored files whose zip directory and
+the start of each array read, so a damaged file (a cut copy, garbage) is made again. Checking that costs a
+few small reads per file and no decompression; a run whose store is complete does not pay even
+that (its files were written whole, atomically). Damage inside the compressed data is found when
+a round reads the file: the image sits that round out, counted, the file named.
 ``STORE`` is a local directory or a URI (``s3://bucket/prefix``; see ``boxsup.utils.storage``).
 """
 
@@ -10,8 +16,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +30,23 @@ from boxsup.errors import BoxSupError
 from boxsup.proposals.pool import CandidatePool
 from boxsup.utils.storage import open_location
 
+log = logging.getLogger(__name__)
+
+MEMBERS = ("atoms.npy", "indptr.npy", "indices.npy")  # the arrays of every proposal file
+UNREADABLE_FILE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)  # what reading one raises
+
+
+class ProposalFileMissing(BoxSupError):
+    """An image has no proposal file in the store."""
+
+
 # meta.json entries that must match for a store to serve a run (the seed of a method may differ).
-ORIGIN_KEYS = ("method", "data_root", "split", "max_candidates")
+ORIGIN_KEYS = ("method", "data_root", "split", "max_candidates", "max_side")
 
 
 def _origin_text(meta: dict[str, Any]) -> str:
-    return (f"{meta.get('method')!r} proposals for {meta.get('data_root')} split {meta.get('split')!r} "
+    side = f" at max_side {meta['max_side']}" if "max_side" in meta else ""
+    return (f"{meta.get('method')!r} proposals for {meta.get('data_root')} split {meta.get('split')!r}{side} "
             f"(max_candidates {meta.get('max_candidates')})")
 
 
@@ -52,6 +71,34 @@ class ProposalStore:
         """The ids of every image with a proposal file here, from one listing."""
         return {name[: -len(".npz")] for name in self.location.list() if name.endswith(".npz") and not name.startswith(".")}
 
+    def intact_ids(self) -> set[str]:
+        """``stored_ids`` less the files that are damaged (each logged, naming it), so that a build makes
+        them again. Reads each file's zip directory and the first bytes of its arrays, never the arrays."""
+        stored = self.stored_ids()
+        damaged = {image_id: why for image_id in sorted(stored) if (why := self.damage(image_id)) is not None}
+        for image_id, why in damaged.items():
+            log.warning("%s: corrupt proposal file (%s); made again", self.path(image_id), why)
+        if damaged:
+            log.warning("%s: %d corrupt proposal files made again (see the lines above)", self.root, len(damaged))
+        return stored - damaged.keys()
+
+    def damage(self, image_id: str) -> str | None:
+        """What is wrong with the image's file, as far as its zip directory and the start of each array
+        (the ``.npy`` magic) tell (a local file is read there only; a remote one is fetched); None if nothing."""
+        path = self.path(image_id)
+        try:
+            source = path if isinstance(path, Path) else io.BytesIO(self.location.read_bytes(f"{image_id}.npz"))
+            with zipfile.ZipFile(source) as archive:
+                lacking = [name for name in MEMBERS if name not in archive.namelist()]
+                if lacking:
+                    return f"no array {lacking[0][:-4]!r}"
+                for name in MEMBERS:
+                    with archive.open(name) as member:
+                        np.lib.format.read_magic(member)
+        except UNREADABLE_FILE as exc:
+            return str(exc) or type(exc).__name__
+        return None
+
     def read_meta(self) -> dict[str, Any] | None:
         try:
             return json.loads(self.location.read_bytes("meta.json"))
@@ -61,7 +108,7 @@ class ProposalStore:
             raise BoxSupError(f"{self.meta_path}: corrupt store metadata ({exc})") from None
 
     def check_origin(self, expected: dict[str, Any]) -> None:
-        """Refuse this store unless its meta.json records ``expected``'s method, dataset, split and cap.
+        """Refuse this store unless its meta.json records ``expected``'s method, dataset, split, cap and max_side.
 
         ``expected`` is what ``boxsup.proposals.generate.store_meta`` gives for this use. An empty
         store passes; pools without a meta.json were not made here and are refused.
@@ -100,12 +147,14 @@ class ProposalStore:
         try:
             data = self.location.read_bytes(f"{image_id}.npz")
         except FileNotFoundError:
-            raise BoxSupError(f"{self.path(image_id)}: proposal file missing (rebuild with `boxsup proposals`)") from None
+            raise ProposalFileMissing(f"{self.path(image_id)}: proposal file missing "
+                                      "(rebuild with `boxsup proposals`)") from None
         try:
             with np.load(io.BytesIO(data)) as f:
                 return [f[k] for k in keys]
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            raise BoxSupError(f"{self.path(image_id)}: corrupt proposal file ({exc})") from None
+        except UNREADABLE_FILE as exc:
+            raise BoxSupError(f"{self.path(image_id)}: corrupt proposal file ({exc}); delete it, or run "
+                              "`boxsup proposals` on the store, to make it again") from None
 
     def load_atoms(self, image_id: str, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
         """Only the atom map: what a Train worker needs to reduce per-pixel losses.

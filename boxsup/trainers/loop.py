@@ -118,16 +118,17 @@ def summarize_round(ctx: WorkerContext, results: list, num_classes: int, started
 def label_round(
     ctx: WorkerContext, job: TrainingJob, model: torch.nn.Module | None, round_index: int,
     box_images: list[ImageAnnotation], dataset: SegmentationDataset, progress: bool, previous_round: int | None = None,
-    cache: SplitAtomCache | None = None, precision: Precision = FP32,
+    cache: SplitAtomCache | None = None, precision: Precision = FP32, reported: set[tuple[str, str]] | None = None,
 ) -> RoundSummary:
     """One round over every box image: this worker's share through the network, all through the pool.
 
     The share goes through the network in batches of one image size, decoded (and its atom map split,
     unless ``cache`` holds it from an earlier round) in ``train.loader_workers`` processes; the network
     runs under ``precision``, and each image's costs are reduced, in float32, to per-atom means on the
-    model's device.
+    model's device. A skipped image is logged the first time its reason is not in ``reported``.
     """
     started = time.perf_counter()
+    reported = reported if reported is not None else set()
     cfg, pool = job.config, job.pool
     kind = cfg["assign"]["pixel_cost"]
     flip = label_update_settings(cfg)["score_flip"]
@@ -161,17 +162,21 @@ def label_round(
     summary, outcomes = summarize_round(ctx, pool.collect(), dataset.num_classes, started)
     summary.cache_mb = pool.cache_mb() if ctx.rank == 0 else None
     for image_id, why in outcomes:
-        if why is not None and ctx.rank == 0:
-            log.warning("%s: %s; skipped in round %d", image_id, why, round_index)
+        if why is not None and ctx.rank == 0 and (image_id, why) not in reported:
+            reported.add((image_id, why))
+            log.warning("%s: %s; skipped in round %d (logged once: every round counts it in skipped_images)",
+                        image_id, why, round_index)
     return summary
 
 
 def distributed_evaluate(ctx: WorkerContext, model: torch.nn.Module, dataset: SegmentationDataset, cfg: dict,
-                         progress: bool) -> ConfusionMatrix:
-    """Every worker scores its share of the split; the confusion matrices are summed."""
+                         progress: bool, precision: Precision = FP32) -> ConfusionMatrix:
+    """Every worker scores its share of the split, the network under ``precision`` (probabilities, CRF and
+    scores in float32); the confusion matrices are summed."""
     crf_params = CRFParams.of_config(cfg)
-    confusion = evaluate(model, dataset, ctx.device, tuple(cfg["eval"]["scales"]), cfg["eval"]["crf"], progress,
-                         ids=dataset.ids[ctx.rank :: ctx.world], crf_params=crf_params)
+    with precision.autocast(ctx.device):
+        confusion = evaluate(model, dataset, ctx.device, tuple(cfg["eval"]["scales"]), cfg["eval"]["crf"], progress,
+                             ids=dataset.ids[ctx.rank :: ctx.world], crf_params=crf_params)
     confusion.matrix = ctx.all_reduce(confusion.matrix).astype(np.int64)
     return confusion
 
@@ -298,6 +303,7 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
     rounds = labels.rounds(up_to=label_round_index) if state is not None else []
     confusion = None
     split_atoms = SplitAtomCache(int(t["label_cache_mb"] * 2**20))  # kept across rounds
+    reported_skips: set[tuple[str, str]] = set()  # (image id, reason) of skips already logged
 
     for epoch in range(start_epoch, t["epochs"]):
         seed_epoch(seed, epoch, ctx.rank)
@@ -306,7 +312,8 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
         if box_images and update:
             scorer = (average.model if average is not None else model) if epoch else None
             summary = label_round(ctx, job, scorer, epoch, box_images, train_data, progress,
-                                  previous_round=rounds[-1] if rounds else None, cache=split_atoms, precision=precision)
+                                  previous_round=rounds[-1] if rounds else None, cache=split_atoms, precision=precision,
+                                  reported=reported_skips)
             label_round_index, labelled = epoch, summary.labelled
             rounds.append(epoch)
             metrics.update(summary.metrics())
@@ -330,7 +337,7 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
         scheduler.step()
         metrics.update(train_loss=loss, lr=lr, epoch_seconds=time.perf_counter() - started)
         if epoch == t["epochs"] - 1 or (epoch + 1) % cfg["eval"]["every"] == 0:
-            confusion = distributed_evaluate(ctx, model, val_data, cfg, progress)
+            confusion = distributed_evaluate(ctx, model, val_data, cfg, progress, precision)
             scores = confusion.compute()
             metrics.update(val_miou=scores.miou, val_pixel_accuracy=scores.pixel_accuracy)
         with tempfile.TemporaryDirectory() as tmp:
@@ -351,7 +358,7 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
             inject_fault(fault, epoch, job.driver_pid)
 
     if confusion is None:  # restarted after the last epoch's checkpoint: score the model it holds
-        confusion = distributed_evaluate(ctx, model, val_data, cfg, progress)
+        confusion = distributed_evaluate(ctx, model, val_data, cfg, progress, precision)
     if ctx.rank == 0:
         final_artifacts(job, logger, model, confusion, classes, annotations, train_data, rounds)
 
