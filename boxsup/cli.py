@@ -14,6 +14,7 @@ from pathlib import Path
 from boxsup.config import DEFAULTS
 from boxsup.errors import BoxSupError
 from boxsup.utils.files import check_writable_dir, check_writable_file
+from boxsup.utils.storage import check_output_location
 
 TRIMAP_FIGURE = "trimap.png"  # eval --trimap's figure when --figure is not given
 
@@ -66,6 +67,7 @@ def _cmd_proposals(args: argparse.Namespace) -> None:
     if args.local and (args.tasks is not None or args.address is not None):
         raise BoxSupError("proposals: --local runs in this process; drop --tasks and --address")
     cap, max_side = (_checked_proposal_flag(args, name) for name in ("max_candidates", "max_side"))
+    check_output_location(args.out, "--out")
     classes = resolve_classes({"data": {"classes": args.classes, "root": args.data}})
     data = {**DEFAULTS["data"], "root": str(Path(args.data).resolve()), "train_split": args.split}
     dataset = build_training_set({"data": data}, classes)  # a bad root or split stops here, before Ray starts
@@ -125,6 +127,7 @@ def _cmd_proposals_import(args: argparse.Namespace) -> None:
         dataset = VOCDataset(args.data, args.split or "train", classes)
         default_cap = DEFAULTS["proposals"]["max_candidates"]
     cap = default_cap if args.max_candidates is None else args.max_candidates
+    check_output_location(args.out, "--out")
     report = import_mcg(dataset, args.mat_dir, ProposalStore(args.out), cap)
     skipped = ", ".join(f"{n} {why} (e.g. {report.examples.get(why, '-')})" for why, n in report.skipped.items()) or "none"
     print(f"{args.out}: {report.made} imported, {report.reused} already there, skipped: {skipped}")

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from boxsup.cli import main
 from boxsup.config import load_config
+from boxsup.data.synth import generate_dataset
 from boxsup.errors import BoxSupError
 from boxsup.models import build_model
 from boxsup.platform.launch import CLAIM_FILE, claim_run_dir, run_boxsup
@@ -240,3 +241,16 @@ def test_resume_takes_a_new_learning_rate_and_a_finished_run_is_left_alone(data,
     assert snapshot(run_dir) == finished
     assert len(client.search_logged_models(experiment_ids=[run.info.experiment_id])) == len(models) == 1
     assert client.get_run(run.info.run_id).data.tags == run.data.tags
+
+
+@pytest.mark.parametrize("command", [["proposals", "--data", "DATA"], ["proposals", "import", "--format", "mcg", "--data", "DATA",
+                                                                        "--mat-dir", "DATA"]], ids=["build", "import"])
+def test_a_proposal_store_under_a_file_is_refused_before_any_work(command, tmp_path, capsys):
+    generate_dataset(tmp_path / "data", n_images=4, size=48, seed=0)
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "store"
+    args = [str(tmp_path / "data") if a == "DATA" else a for a in command]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("boxsup: error:") == 1 and "--out" in err and "afile" in err and "Traceback" not in err
+    assert (tmp_path / "afile").read_text() == "x"
