@@ -26,7 +26,7 @@ from boxsup.data.images import picture_size, read_rgb
 from boxsup.data.supervision import images_with_masks
 from boxsup.data.synth import DEMO_CLASSES
 from boxsup.data.voc import VOCDataset
-from boxsup.proposals.generate import MAX_SIDE, build_store, generator, store_meta
+from boxsup.proposals.generate import MAX_CANDIDATES, MAX_SIDE, build_store, generator, store_meta
 from boxsup.proposals.selective_search import selective_search
 from boxsup.proposals.store import ProposalStore
 from boxsup.serving.image_inputs import resolve_images
@@ -217,6 +217,7 @@ def test_a_yaml_mistake_names_its_line_and_column(tmp_path, text, where, problem
 
 def test_proposals_max_side_is_a_checked_config_key_defaulting_to_the_library():
     assert DEFAULTS["proposals"]["max_side"] == MAX_SIDE >= 640  # VOC (500 px) and COCO (640 px) as they are
+    assert DEFAULTS["proposals"]["max_candidates"] == MAX_CANDIDATES  # one default, the library's and the config's
     raises_one_line(lambda: load_config(None, ["data.root=/d", "proposals.max_side=16"]),
                     r"config key proposals.max_side: must be >= 32, got 16")
 

@@ -30,7 +30,8 @@ from tqdm import tqdm
 from boxsup.data.dataset import SegmentationDataset
 from boxsup.data.sources import build_training_set
 from boxsup.errors import BoxSupError
-from boxsup.proposals.generate import MAX_SIDE, NO_CANDIDATE, UNREADABLE, BuildReport, generator, prepare_store
+from boxsup.proposals.generate import (MAX_CANDIDATES, MAX_SIDE, NO_CANDIDATE, UNREADABLE, BuildReport, generator,
+                                      prepare_store)
 from boxsup.proposals.store import ProposalStore
 from boxsup.utils.storage import canonical
 
@@ -163,7 +164,7 @@ def build_store_on_ray(
     data: dict[str, Any],
     store: ProposalStore,
     method: str,
-    max_candidates: int = 2000,
+    max_candidates: int = MAX_CANDIDATES,
     seed: int = 0,
     progress: bool = True,
     ids: list[str] | None = None,

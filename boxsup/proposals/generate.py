@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("ss", "grabcut", "rectangles")  # computed here (MCG is imported)
 MAX_SIDE = 640  # the default proposals.max_side, in pixels
+MAX_CANDIDATES = 1000  # the default proposals.max_candidates
 
 Make = Callable[[np.ndarray, np.ndarray], CandidatePool]
 
@@ -39,7 +40,7 @@ def _selective_search(image: np.ndarray, boxes: np.ndarray, max_candidates: int,
     return selective_search(image, mode="fast", max_candidates=max_candidates, seed=seed)
 
 
-def generator(method: str, max_candidates: int = 2000, seed: int = 0, max_side: int = MAX_SIDE) -> Make:
+def generator(method: str, max_candidates: int = MAX_CANDIDATES, seed: int = 0, max_side: int = MAX_SIDE) -> Make:
     """The function (image, boxes) -> CandidatePool for a method name, computed at most ``max_side`` px."""
     if method == "ss":
         return at_most(max_side, lambda image, boxes: _selective_search(image, boxes, max_candidates, seed))
@@ -122,7 +123,7 @@ def build_store(
     dataset: SegmentationDataset,
     store: ProposalStore,
     method: str,
-    max_candidates: int = 2000,
+    max_candidates: int = MAX_CANDIDATES,
     seed: int = 0,
     progress: bool = True,
     ids: list[str] | None = None,
