@@ -2,7 +2,7 @@
 
 For each backbone, precision and layout, images/s of
   (a) a plain loop: the same model (``model_from_config``, ``parameter_groups``, SGD) on one in-memory
-      batch, forward + backward + step;
+      batch, forward + backward + step (``sgd_step``, the step the epoch takes);
   (b) the project's epoch: ``train_one_epoch`` over the loop's DataLoader of ``TrainingSet`` (VOC-size
       JPEGs, random crops, label maps from a ``LabelStore``); channels-last only, the layout it feeds;
   (c) a label round: ``boxsup.trainers.loop.label_round`` itself (loader workers, ``batch_log_probs``,
@@ -39,13 +39,13 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from boxsup.config import load_config
-from boxsup.data.annotations import IGNORE, Supervision
+from boxsup.data.annotations import Supervision
 from boxsup.data.label_store import LabelStore
 from boxsup.data.synth import SynthSample, synth_sample, tight_box, write_synthetic_dataset
 from boxsup.data.voc import VOC_CLASSES, VOCDataset
 from boxsup.models import model_from_config, on_device, parameter_groups
 from boxsup.models.precision import Precision, resolve_precision
-from boxsup.trainers.epoch import train_one_epoch
+from boxsup.trainers.epoch import sgd_step, train_one_epoch
 from boxsup.trainers.training_set import EpochSampler, TrainingSet, loader_workers
 
 VOC_TRAIN_IMAGES = 10_582  # train_aug: the images one epoch and one label round of configs/voc_box.yaml see
@@ -168,22 +168,6 @@ def random_batch(sizes: Sizes, num_classes: int, device: torch.device, channels_
     return images, targets
 
 
-def plain_step(model, optimizer, images, targets, precision: Precision, scaler) -> torch.Tensor:
-    """One SGD step the textbook way (what (a) times)."""
-    with precision.autocast(images.device):
-        logits = model(images)
-    loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return loss.detach()
-
-
 def flops_per_image(backbone: str, sizes: Sizes, num_classes: int, device: torch.device) -> float:
     """FLOPs of one fp32 training step (forward + backward) over a batch, divided by the batch."""
     model = build(backbone, num_classes, device, channels_last=True)
@@ -204,11 +188,11 @@ def time_plain(backbone: str, precision: Precision, channels_last: bool, sizes: 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(sizes.warmup):
-        plain_step(model, optimizer, images, targets, precision, scaler)
+        sgd_step(model, optimizer, images, targets, precision, scaler)
     sync(device)
     started = time.perf_counter()
     for _ in range(sizes.steps):
-        loss = plain_step(model, optimizer, images, targets, precision, scaler)
+        loss = sgd_step(model, optimizer, images, targets, precision, scaler)
     sync(device)
     seconds = time.perf_counter() - started
     assert torch.isfinite(loss), "plain loop: non-finite loss"

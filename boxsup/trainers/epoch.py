@@ -54,22 +54,29 @@ def train_one_epoch(
     for step, (images, targets) in enumerate(tqdm(batches, desc="train", leave=False, disable=not progress, unit="batch")):
         images = normalize_batch(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
-        with precision.autocast(device):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        value = loss.detach()
+        value = sgd_step(model, optimizer, images, targets, precision, scaler)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(value), step, first_bad)
         total += value * len(images)
         count += len(images)
     return EpochLoss(float(total), count, int(first_bad))
+
+
+def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, targets: torch.Tensor,
+             precision: Precision = FP32, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """One step on a batch already on the model's device: forward under ``precision``, float32 cross-entropy
+    (IGNORE pixels left out), backward (scaled when there is a ``scaler``), update; the loss, detached."""
+    with precision.autocast(images.device):
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss.detach()
 
 
 def pixel_costs(model: torch.nn.Module, image: np.ndarray, device: torch.device, kind: str = "error",
