@@ -146,7 +146,8 @@ class CocoDataset(SegmentationDataset):
         boxes: list[Box] = []
         skips: list[tuple[str, str]] = []
         dropped: list[str] = []
-        for ann in self._objects(record):
+        objects = self._objects(record)
+        for ann in objects:
             name, label = self._category[ann["category_id"]]
             where = f"{self.list_file} annotation id {ann['id']}"
             if not label:  # a class the run does not know, or mapped to background/null by class_map
@@ -171,7 +172,7 @@ class CocoDataset(SegmentationDataset):
                 self.skips.add(reason, where, quiet=True)  # COCO-scale sets have many: the counts tell
             for name in dropped:
                 self.mapping.count_dropped(name)
-        return ImageAnnotation(image_id, width, height, boxes, has_mask=self._has_mask(self._objects(record)))
+        return ImageAnnotation(image_id, width, height, boxes, has_mask=self._has_mask(objects))
 
     def _has_mask(self, objects: list[dict[str, Any]]) -> bool:
         """Whether an image with these objects has a mask: when one of them has a segmentation; in a

@@ -89,9 +89,13 @@ class SegmentationDataset(ABC):
         """``annotation``; in a ``scored`` set an image without a mask is refused too."""
         ann = self.annotation(image_id)
         if self.scored and not ann.has_mask:
-            raise MissingMaskError(f"{self.image_path(image_id)}: validation image without a mask: a score must "
-                                   f"count every image (give it a mask or take it out of {self.list_file})")
+            raise self.missing_mask(image_id)
         return ann
+
+    def missing_mask(self, image_id: str) -> MissingMaskError:
+        """The one line for an image that a score needs but that has no mask."""
+        return MissingMaskError(f"{self.image_path(image_id)}: validation image without a mask: a score must "
+                                f"count every image (give it a mask or take it out of {self.list_file})")
 
     def reports_skips_of(self, image_id: str) -> bool:
         """Whether to count and log what this reading of the image's (good) annotation drops: only the

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from boxsup.config import load_config, read_class_file, resolve_classes
-from boxsup.data.dataset import MissingMaskError, SegmentationDataset
+from boxsup.data.dataset import SegmentationDataset
 from boxsup.data.sources import open_source, source_specs
 from boxsup.data.voc import VOCDataset
 from boxsup.errors import BoxSupError
@@ -71,8 +71,7 @@ def _predictions(
     for image_id in tqdm(dataset.ids if ids is None else ids, desc="eval", leave=False, disable=not progress, unit="img"):
         mask = dataset.mask(image_id)
         if mask is None:
-            raise MissingMaskError(f"{dataset.image_path(image_id)}: validation image without a mask: "
-                                   "a score must count every image")
+            raise dataset.missing_mask(image_id)
         prediction = predict_label_map(model, dataset.image(image_id), scales=scales, crf=crf, device=device,
                                        crf_params=crf_params)
         check_prediction_size(dataset, image_id, prediction.shape, mask)

@@ -386,9 +386,9 @@ def stop_if_diverged(ctx: WorkerContext, model: torch.nn.Module, loss: EpochLoss
     with one line, before the epoch's checkpoint, label round or model can be made from those weights."""
     bad_weights = len(non_finite_names(model.state_dict()))
     world = ctx.all_reduce(np.array([loss.total, loss.images, loss.first_bad_step >= 0, bad_weights], dtype=np.float64))
-    steps = ctx.all_gather(loss.first_bad_step)
     if world[2] == 0 and world[3] == 0:
         return float(world[0] / max(world[1], 1))
+    steps = ctx.all_gather(loss.first_bad_step)  # every rank is here: the sums above are the same on all
     where = f"step {min(s for s in steps if s >= 0)}" if world[2] else "its last step"
     advice = " or train.precision=bf16/fp32" if precision.name == "fp16" else ""
     resume = (f"continue from epoch {epoch - 1}'s checkpoint with a lower rate: boxsup train --resume {run_dir} "
