@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -20,10 +21,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from boxsup.assign import assign_labels, image_rng  # noqa: E402
+from boxsup.assign import LabelUpdateRule, assign_labels, image_rng  # noqa: E402
 from boxsup.assign.cache import BoxedPoolCache  # noqa: E402
 from boxsup.assign.diagnostics import chosen_gt_iou, gt_atom_histogram  # noqa: E402
-from boxsup.config import read_class_file  # noqa: E402
+from boxsup.data.classes import read_class_file  # noqa: E402
 from boxsup.data.voc import VOCDataset  # noqa: E402
 from boxsup.evaluation.metrics import ConfusionMatrix  # noqa: E402
 from boxsup.proposals.store import ProposalStore  # noqa: E402
@@ -48,9 +49,9 @@ def main() -> None:
             continue
         boxed, mask = pools.get(ann), dataset.mask(image_id)
         hist = gt_atom_histogram(mask, boxed.pool.atoms, dataset.num_classes)
-        for mu, margin in settings:
-            result = assign_labels(boxed, None, 0.0, 1, image_rng(0, 0, image_id),
-                                   consensus=mu, consensus_margin=margin)
+        for mu, margin in settings:  # round 0 of the paper's rule, taking the lowest cost (k 1), with E_c
+            rule = replace(LabelUpdateRule.paper(lam=0.0, k=1), consensus=mu, consensus_margin=margin)
+            result = assign_labels(boxed, None, rule, 0, image_rng(0, 0, image_id))
             confusions[mu, margin].update(result.label_map, mask)
             ious[mu, margin].extend(chosen_gt_iou(boxed, result.chosen, hist))
     print(f"{len(dataset.ids)} {args.split} images of {args.data}\n")

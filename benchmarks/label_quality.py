@@ -13,7 +13,7 @@ import itertools
 
 import torch
 
-from boxsup.assign import assign_labels, image_rng
+from boxsup.assign import LabelUpdateRule, assign_labels, image_rng
 from boxsup.config import load_config
 from boxsup.data.sources import build_training_set, training_annotations
 from boxsup.models.checkpoint import load_checkpoint
@@ -51,7 +51,8 @@ def main() -> None:
         for ann in annotations:
             boxed = pools.get(ann)
             sums = boxed.loss_sums(costs[kind][ann.image_id]) if lam else None
-            result = assign_labels(boxed, sums, lam, k, image_rng(cfg["seed"], 1, ann.image_id))
+            result = assign_labels(boxed, sums, LabelUpdateRule.paper(lam=lam, k=k), 1,
+                                   image_rng(cfg["seed"], 1, ann.image_id))
             confusion.update(result.label_map, dataset.mask(ann.image_id))
         print(f"| {kind if lam else '-'} | {lam:g} | {k} | {confusion.compute().miou:.3f} |")
 

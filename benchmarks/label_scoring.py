@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -24,6 +25,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from boxsup.assign.assign import BoxedPool, assignment_costs, reduce_losses  # noqa: E402
+from boxsup.assign.rule import LabelUpdateRule  # noqa: E402
 from boxsup.assign.diagnostics import candidate_gt_iou, gt_atom_histogram  # noqa: E402
 from boxsup.data.voc import VOCDataset  # noqa: E402
 from boxsup.models import normalize_image  # noqa: E402
@@ -68,7 +70,9 @@ def main() -> None:
             log_probs = batch_log_probs(network, normalize_image(dataset.image(image_id))[None], torch.device("cpu"), flip)
             sums = reduce_losses(costs_from_log_probs(log_probs[0]).numpy(), boxed.pool.atoms, ann.labels_array())
             for lam in args.lams:
-                cost = assignment_costs(boxed, sums, lam, region="iou", consensus=1.0, consensus_margin=CONSENSUS_MARGIN)
+                rule = replace(LabelUpdateRule.paper(lam=lam), region_cost="iou", consensus=1.0,
+                               consensus_margin=CONSENSUS_MARGIN)
+                cost = assignment_costs(boxed, sums, rule, 1)
                 lowest, drawn = lowest_and_drawn(cost, iou)
                 cells.setdefault((lam, flip, "lowest"), []).append(lowest)
                 cells.setdefault((lam, flip, "draw"), []).append(drawn)

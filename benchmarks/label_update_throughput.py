@@ -8,7 +8,8 @@ label update of one image, split where the platform splits it:
 
 - worker: e = 1 - P for the image's labels and its reduction to per-atom means (float16: what is
   sent), over the split atom map the worker keeps from the first round (``SplitAtoms``);
-- actor: E_o + E_r, top-k sampling, painting, the PNG written atomically, GT statistics;
+- actor: the label update a run with the default config makes (``LabelUpdateRule.from_config``: E_o +
+  E_c + E_r, the draw), painting, the PNG written atomically, GT statistics;
 - first round only: the worker reads and splits the atom map, the actor loads the pool from the
   store and refines it (both cached afterwards).
 
@@ -35,11 +36,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from boxsup.assign.assign import atom_mean_costs  # noqa: E402
+from boxsup.assign.assigner import AssignmentSpec  # noqa: E402
+from boxsup.assign.rule import LabelUpdateRule  # noqa: E402
 from boxsup.config import DEFAULTS  # noqa: E402
 from boxsup.data.annotations import Box  # noqa: E402
 from boxsup.data.synth import DEMO_CLASSES, synth_sample  # noqa: E402
 from boxsup.data.voc import write_split, write_voc_sample  # noqa: E402
-from boxsup.platform.assign_pool import Assigner, AssignmentSpec  # noqa: E402
+from boxsup.platform.assign_pool import SpecAssigner  # noqa: E402
 from boxsup.proposals.pool import split_atoms_by_boxes  # noqa: E402
 from boxsup.proposals.selective_search import selective_search  # noqa: E402
 from boxsup.proposals.store import ProposalStore  # noqa: E402
@@ -84,7 +87,8 @@ def main() -> None:
         candidates.append(pool.n_candidates)
     write_split(f"{work}/data", "train", ids)
     data = {**DEFAULTS["data"], "root": f"{work}/data", "train_split": "train"}
-    assigner = Assigner(AssignmentSpec(data, DEMO_CLASSES, str(store.root), f"{work}/labels", 3.0, 5, 0))
+    rule = LabelUpdateRule.from_config(DEFAULTS)  # what a run with the default config uses
+    assigner = SpecAssigner(AssignmentSpec(data, DEMO_CLASSES, str(store.root), f"{work}/labels", rule, 0))
     rng = np.random.default_rng(0)
     num_classes = len(DEMO_CLASSES) + 1
 
@@ -100,8 +104,8 @@ def main() -> None:
                 splits[image_id] = SplitAtoms.build(store.load_atoms(image_id, expected_shape=(375, 500)), ann)
                 rows["worker, first round only: read + split the atom map"].append(clock() - started)
                 started = clock()
-                assigner.pools.get(ann)  # load + refine + E_o, once per run
-                rows["actor, first round only: load + refine pool + E_o"].append(clock() - started)
+                assigner.pools.get(ann)  # load + refine + E_o (and E_c, kept with the default rule), once per run
+                rows["actor, first round only: load + refine pool + E_o, E_c"].append(clock() - started)
                 continue
             started = clock()
             sums = splits[image_id].mean_costs(log_probs, "error")
@@ -137,7 +141,7 @@ def main() -> None:
 
 ROWS = ("worker: 1 - P and per-atom means (split map kept)", "actor: costs, sampling, paint, PNG, stats",
         "whole label update (losses in, label map written)", "worker, first round only: read + split the atom map",
-        "actor, first round only: load + refine pool + E_o",
+        "actor, first round only: load + refine pool + E_o, E_c",
         "before: worker reads, splits, reduces every round")
 
 

@@ -24,7 +24,8 @@ from tqdm import tqdm  # noqa: E402
 
 from boxsup.assign.assign import BoxedPool  # noqa: E402
 from boxsup.assign.diagnostics import candidate_gt_iou, gt_atom_histogram  # noqa: E402
-from boxsup.config import load_config, resolve_classes  # noqa: E402
+from boxsup.config import load_config  # noqa: E402
+from boxsup.data.sources import resolve_classes  # noqa: E402
 from boxsup.data.voc import VOCDataset  # noqa: E402
 from boxsup.proposals.pool import CandidatePool  # noqa: E402
 from boxsup.proposals.store import ProposalStore  # noqa: E402

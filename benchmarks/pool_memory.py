@@ -26,7 +26,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from boxsup.assign import assign_labels, image_rng  # noqa: E402
+from boxsup.assign import LabelUpdateRule, assign_labels, image_rng  # noqa: E402
 from boxsup.assign.assign import BoxedPool  # noqa: E402
 from boxsup.assign.costs import overlap_cost  # noqa: E402
 from boxsup.data.synth_photo import photo_sample  # noqa: E402
@@ -100,7 +100,8 @@ def main() -> None:
 
         def update(form: BoxedPool) -> np.ndarray:
             sums = form.sums_from_means(means)
-            return assign_labels(form, sums, 3.0, 5, image_rng(0, 1, str(i)), 1.0, "iou", 0.1).label_map
+            rule = dataclasses.replace(LabelUpdateRule.paper(lam=3.0, k=5), region_cost="iou", sample_margin=0.1)
+            return assign_labels(form, sums, rule, 1, image_rng(0, 1, str(i))).label_map
 
         assert np.array_equal(update(boxed), update(csr))
         build_before = cpu_ms(lambda: (pool.refined_by_boxes(boxes), overlap_cost(pool, boxes)))

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from boxsup.config import resolve_classes
+from boxsup.data.sources import resolve_classes
 from boxsup.data.voc import VOCDataset
 from boxsup.proposals.generate import METHODS, build_store
 from boxsup.proposals.quality import best_ious, object_masks

@@ -6,9 +6,10 @@ Renders ``--pools`` photo-like 500x375 images with boxes (``boxsup.data.synth_ph
 Selective Search pools (timed: the proposal core-seconds per image), and stores them; the store then
 holds ``--images`` ids, each a hard link to one of those pools (distinct ids, the real files, the
 real sizes). An actor's body (``Assigner``, the code each Ray actor runs) labels the ids of one
-shard for two rounds: round 0 (E_o alone: load, refine and pack the pool, paint, write the PNG) and
-round 1 (per-atom means of a random network output: costs, sampling, paint, write), with its cache
-bounded by ``assign.cache_mb``. ``--timed`` ids are timed per round (CPU time, one core), spread over
+shard for two rounds by the default config's label update (``LabelUpdateRule.from_config``): round 0
+(no network: load, refine and pack the pool with E_o and E_c, paint, write the PNG) and round 1
+(per-atom means of a random network output: costs, sampling, paint, write), with its cache bounded
+by ``assign.cache_mb``. ``--timed`` ids are timed per round (CPU time, one core), spread over
 the whole id range; the actor's cache bytes and the process's peak memory are read afterwards.
 The worker side of a round (network, reduction to per-atom means) is measured by
 ``label_update_throughput.py``; docs/scale.md adds the two.
@@ -31,12 +32,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from boxsup.assign.assigner import AssignmentSpec, Assigner  # noqa: E402
+from boxsup.assign.rule import LabelUpdateRule  # noqa: E402
 from boxsup.config import DEFAULTS  # noqa: E402
 from boxsup.data.annotations import Box, ImageAnnotation  # noqa: E402
 from boxsup.data.dataset import SegmentationDataset  # noqa: E402
+from boxsup.data.label_store import LabelStore  # noqa: E402
 from boxsup.data.sources import build_training_set  # noqa: E402
 from boxsup.data.voc import write_split, write_voc_sample  # noqa: E402
-from boxsup.platform.assign_pool import AssignmentSpec, Assigner  # noqa: E402
 from boxsup.proposals.selective_search import selective_search  # noqa: E402
 from boxsup.proposals.store import ProposalStore  # noqa: E402
 
@@ -130,11 +133,11 @@ def main() -> None:
         root = Path(tmp)
         ss_seconds, file_bytes = make_pools(root, args.pools, args.max_candidates)
         data = {**DEFAULTS["data"], "root": str(root / "voc")}
-        spec = AssignmentSpec(data, CLASSES, str(root / "store"), str(root / "labels"), 3.0, 5, 0, cache_mb=args.cache_mb)
+        rule = LabelUpdateRule.from_config(DEFAULTS)  # what a run with the default config uses
+        spec = AssignmentSpec(data, CLASSES, str(root / "store"), str(root / "labels"), rule, 0, cache_mb=args.cache_mb)
         base = build_training_set({"data": data}, CLASSES)
         replicate_store(root, base, args.images)
-        assigner = Assigner(spec)
-        assigner.dataset = ReplicatedDataset(base, args.images)
+        assigner = Assigner(spec, ReplicatedDataset(base, args.images), LabelStore(spec.label_store))
         step = max(1, args.images // args.timed)
         ids = assigner.dataset.ids[::step][: args.timed]
         rng = np.random.default_rng(0)
@@ -150,7 +153,7 @@ def main() -> None:
         print("| quantity | value |\n|---|---|")
         print(f"| Selective Search, CPU s / image (mean of {len(ss_seconds)}) | {statistics.mean(ss_seconds):.2f} |")
         print(f"| proposal file, KB / image (mean) | {statistics.mean(file_bytes) / 1024:.0f} |")
-        print(f"| actor, round 0 (load, refine, pack, E_o, paint, write), CPU ms / image | {mean_ms(first):.1f} |")
+        print(f"| actor, round 0 (load, refine, pack, E_o, E_c, paint, write), CPU ms / image | {mean_ms(first):.1f} |")
         print(f"| actor, later round (costs, sampling, paint, write), CPU ms / image | {mean_ms(later):.1f} |")
         print(f"| label map PNG, KB / image (mean) | {statistics.mean(label_bytes) / 1024:.1f} |")
         print(f"| cached pool, KB / image (mean, `BoxedPool.nbytes`) | {cached / 1024:.0f} |")

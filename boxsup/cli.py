@@ -56,9 +56,9 @@ def _coco_copy_dir(out: str) -> Path:
 
 
 def _cmd_proposals(args: argparse.Namespace) -> None:
-    from boxsup.config import DEFAULTS, resolve_classes
+    from boxsup.config import DEFAULTS
     from boxsup.data.dataset import skip_summary
-    from boxsup.data.sources import build_training_set
+    from boxsup.data.sources import build_training_set, resolve_classes
     from boxsup.proposals.generate import build_store
     from boxsup.proposals.store import ProposalStore
 
@@ -108,8 +108,8 @@ def _checked_proposal_flag(args: argparse.Namespace, name: str) -> int:
 
 
 def _cmd_proposals_import(args: argparse.Namespace) -> None:
-    from boxsup.config import DEFAULTS, load_config, resolve_classes
-    from boxsup.data.sources import build_training_set
+    from boxsup.config import DEFAULTS, load_config
+    from boxsup.data.sources import build_training_set, resolve_classes
     from boxsup.data.voc import VOCDataset
     from boxsup.proposals.mcg import import_mcg
     from boxsup.proposals.store import ProposalStore
@@ -160,14 +160,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from boxsup.config import crf_settings
-
     _check_scales(args.scales)
     _check_eval_flags(args)
     if args.trimap:
         check_writable_file(args.figure or TRIMAP_FIGURE, "--figure")
     args.eval_data, args.crf_set = _eval_data(args)
-    crf_settings(None, args.crf_set, "--set")  # a bad --set stops here, before any checkpoint is read
     if args.crf_search:
         _eval_crf_search(args)
     elif args.trimap:
@@ -177,19 +174,34 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _eval_data(args: argparse.Namespace):
-    """The split to score (``--data``/``--split``, or ``--config``'s ``data.val``) and the ``--set`` texts
-    for the CRF; other ``--set`` keys change the config and need ``--config``."""
+    """The split to score (``--data``/``--split``, or ``--config``'s ``data.val``, the config loaded with the
+    other ``--set`` texts) and the ``--set`` texts for the CRF, all checked before any checkpoint is read."""
+    from boxsup.config import crf_settings, load_config
     from boxsup.evaluation.evaluate import EvalData
 
     crf = [text for text in args.set if text.startswith("eval.crf_params.")]
-    others = tuple(text for text in args.set if text not in crf)
-    if args.config is None:
-        if others:
-            raise BoxSupError(f"--set {others[0]}: without --config, boxsup eval takes only eval.crf_params.* keys")
-        return EvalData(args.data, args.split or "val"), crf
-    if args.split is not None:
+    others = [text for text in args.set if text not in crf]
+    if args.config is None and others:
+        raise BoxSupError(f"--set {others[0]}: without --config, boxsup eval takes only eval.crf_params.* keys")
+    if args.config is not None and args.split is not None:
         raise BoxSupError("eval --config: the split is the config's data.val; change it with --set data.val.split=NAME")
-    return EvalData(config=args.config, overrides=others), crf
+    crf_settings(None, crf, "--set")  # a bad --set stops here
+    if args.config is None:
+        return EvalData(args.data, args.split or "val"), crf
+    return EvalData(config=load_config(args.config, others), config_name=str(args.config)), crf
+
+
+def _eval_checkpoint(args: argparse.Namespace, path: str):
+    """One ``--checkpoint`` (a path or URI, ``runs:/``, ``models:/`` or a model folder, as ``predict`` takes)
+    ready to score on the split: its CRF settings are its config's ``eval.crf_params``, then ``--set``."""
+    from boxsup.config import crf_settings
+    from boxsup.evaluation.crf import CRFParams
+    from boxsup.evaluation.evaluate import checkpoint_model
+    from boxsup.serving.trained_model import read_checkpoint
+
+    state = read_checkpoint(path, _tracking_store(path, args.tracking_uri))
+    crf_params = CRFParams.from_settings(crf_settings(state["config"], args.crf_set, f"{path} (its config)"))
+    return checkpoint_model(state, path, args.eval_data, crf_params)
 
 
 def _check_eval_flags(args: argparse.Namespace) -> None:
@@ -209,10 +221,10 @@ def _check_eval_flags(args: argparse.Namespace) -> None:
 
 
 def _eval_plain(args: argparse.Namespace) -> None:
-    from boxsup.evaluation.evaluate import evaluate, open_checkpoint
+    from boxsup.evaluation.evaluate import evaluate
 
     for path in args.checkpoint:
-        loaded = open_checkpoint(path, args.eval_data, args.crf_set)
+        loaded = _eval_checkpoint(args, path)
         if len(args.checkpoint) > 1:
             print(f"{path}:")
         if args.crf:
@@ -226,13 +238,13 @@ def _eval_plain(args: argparse.Namespace) -> None:
 
 
 def _eval_trimap(args: argparse.Namespace) -> None:
-    from boxsup.evaluation.evaluate import checkpoint_labels, evaluate_trimap, open_checkpoint
+    from boxsup.evaluation.evaluate import checkpoint_labels, evaluate_trimap
     from boxsup.evaluation.figures import trimap_figure
     from boxsup.evaluation.trimap import format_trimap_table
 
     curves = {}
     for path, label in zip(args.checkpoint, checkpoint_labels(args.checkpoint)):
-        loaded = open_checkpoint(path, args.eval_data, args.crf_set)
+        loaded = _eval_checkpoint(args, path)
         crf = f"; CRF {loaded.crf_params.describe()}" if args.crf else ""
         confusion, trimap = evaluate_trimap(loaded.model, loaded.dataset, loaded.device, args.trimap, tuple(args.scales),
                                             args.crf, loaded.crf_params)
@@ -247,10 +259,9 @@ def _eval_trimap(args: argparse.Namespace) -> None:
 
 def _eval_crf_search(args: argparse.Namespace) -> None:
     from boxsup.evaluation.crf_search import format_search, parse_grid, search_checkpoint
-    from boxsup.evaluation.evaluate import open_checkpoint
 
     grid = parse_grid(args.grid) if args.grid else None
-    loaded = open_checkpoint(args.checkpoint[0], args.eval_data, args.crf_set)
+    loaded = _eval_checkpoint(args, args.checkpoint[0])
     result = search_checkpoint(loaded, grid, tuple(args.scales), args.images, args.workers or 1)
     split = f"{args.config}'s data.val" if args.config else args.eval_data.split
     print(format_search(result, f"CRF search for {args.checkpoint[0]} on {split}"))
@@ -262,13 +273,19 @@ def _check_scales(scales: list[float] | None) -> None:
         raise BoxSupError(f"--scales: every scale must be a finite number > 0, got {bad[0]:g}")
 
 
-def _trained_model(args: argparse.Namespace):
+def _tracking_store(checkpoint: str, configured: str | None) -> str:
+    """The MLflow store that a ``runs:/`` or ``models:/`` ``checkpoint`` is looked up in (``--tracking-uri``,
+    else the default); a tracking server is asked whether it answers only for such a checkpoint."""
     from boxsup.platform.tracking import check_tracking_store, tracking_uri
-    from boxsup.serving.trained_model import MLFLOW_SCHEMES, load_trained_model
+    from boxsup.serving.trained_model import MLFLOW_SCHEMES
 
-    from_mlflow = args.checkpoint.startswith(MLFLOW_SCHEMES)  # a tracking server is asked only then
-    uri = check_tracking_store(args.tracking_uri) if from_mlflow else tracking_uri(args.tracking_uri)
-    return load_trained_model(args.checkpoint, uri)
+    return check_tracking_store(configured) if checkpoint.startswith(MLFLOW_SCHEMES) else tracking_uri(configured)
+
+
+def _trained_model(args: argparse.Namespace):
+    from boxsup.serving.trained_model import load_trained_model
+
+    return load_trained_model(args.checkpoint, _tracking_store(args.checkpoint, args.tracking_uri))
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -423,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Scores per class; --trimap: boundary vs interior mIoU by band width (Fig. 4); "
                                     "--crf-search: grid-search the dense CRF's parameters (docs/analyses.md)")
     ev.add_argument("--checkpoint", required=True, nargs="+", metavar="CHECKPOINT",
-                    help="one or several checkpoint.pt (paths or URIs); --crf-search takes one")
+                    help="one or several checkpoint.pt (paths or URIs), runs:/<run id>/model, models:/NAME/VERSION "
+                         "or model folders; --crf-search takes one")
     where = ev.add_mutually_exclusive_group(required=True)
     where.add_argument("--data", help="a dataset root in the VOC layout (with --split, default val)")
     where.add_argument("--config", help="a run config: score on its data.val source, any format (COCO, SBD, ...)")
@@ -441,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --crf-search: the grid (default bi_w=3,4,5 bi_xy_std=50,80,121 bi_rgb_std=3,5,10)")
     ev.add_argument("--images", type=int, help="with --crf-search: only the first N images with masks (DeepLab: 100)")
     ev.add_argument("--workers", type=int, help="with --crf-search: processes running the CRF (default 1)")
+    ev.add_argument("--tracking-uri", help="MLflow store of runs:/ URIs (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     ev.set_defaults(func=_cmd_eval)
 
     pred = sub.add_parser("predict", help="label maps (VOC-palette PNGs) for images, from a checkpoint or MLflow model")

@@ -8,16 +8,16 @@ one-line ``BoxSupError`` naming the key, before anything runs.
 from __future__ import annotations
 
 import copy
-import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from boxsup.errors import BoxSupError
+from boxsup.evaluation.crf import CONFIG_KEY as CRF_KEY, RANGES as CRF_RANGES, CRFParams
 from boxsup.utils.lists import first_duplicate, read_user_text
+from boxsup.utils.numbers import FRACTION, NON_NEGATIVE, POSITIVE, Range, as_number, checked_number
 
 # Paper defaults (Sec. 4.3, 5): batch 20, lr 1e-3 / 10 every 15 epochs, 45 epochs, lambda 3, k 5.
 DEFAULTS: dict[str, Any] = {
@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
         "update": True,  # false: labels of round 0 stay fixed (the rectangles / GrabCut baselines)
         "pixel_cost": "error",  # e(p, l) in E_r: error = 1 - P(l|p) (bounded), xent = -log P(l|p)
         "warmup_epochs": 1,  # epochs trained on round 0's labels (E_o alone) before the network is asked
-        "form": "robust",  # paper: E_o + lam E_r as in Sec. 4.3; robust: with the settings below
+        "form": "robust",  # paper: E_o + lam E_r as in Sec. 4.3; robust: with the settings below (assign/rule.py)
         "region_cost": "iou",  # E_r: iou (1 - soft IoU with the network's mask) | mean (two-region mean of e)
         "consensus": 1.0,  # mu: weight of E_c, the disagreement with the box's near-best candidates (0: none)
         "consensus_margin": 0.1,  # the near-best: E_o within this of the box's best
@@ -86,14 +86,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "eval": {
         "crf": False,
-        "crf_params": {  # the dense CRF's kernels: DeepLab-LargeFOV's VOC values (boxsup/evaluation/crf.py)
-            "bi_w": 4.0,  # bilateral kernel weight (w1)
-            "bi_xy_std": 121.0,  # its spatial std (theta_alpha), px at a 500 px long side: scaled to each image
-            "bi_rgb_std": 5.0,  # its colour std (theta_beta)
-            "pos_w": 3.0,  # Gaussian (smoothness) kernel weight (w2)
-            "pos_xy_std": 3.0,  # its spatial std in px (theta_gamma)
-            "iterations": 5,  # mean-field iterations (DeepLab: 10; 5 are nearly converged)
-        },
+        # The dense CRF's kernels (bi_w, bi_xy_std, bi_rgb_std, pos_w, pos_xy_std, iterations): DeepLab-LargeFOV's
+        # VOC values, which CRFParams (boxsup/evaluation/crf.py) owns with their ranges and meanings.
+        "crf_params": CRFParams().settings(),
         "scales": [1.0],
         "every": 1,  # evaluate on val every N epochs (and always after the last)
     },
@@ -145,36 +140,12 @@ NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class Range:
-    """Numbers a key accepts: ``low``/``high`` bounds (None: unbounded), each inclusive unless ``*_open``."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        above = self.low is None or value > self.low or (value == self.low and not self.low_open)
-        below = self.high is None or value < self.high or (value == self.high and not self.high_open)
-        return above and below
-
-    def describe(self) -> str:
-        if self.high is None:
-            return f"must be {'>' if self.low_open else '>='} {self.low:g}"
-        return f"must lie in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-
-
-POSITIVE = Range(0, low_open=True)
-NON_NEGATIVE = Range(0)
-FRACTION = Range(0, 1)
-
 # Numeric keys (and every value of a list key) must lie in these ranges.
 BOUNDS: dict[str, Range] = {
     **dict.fromkeys(("assign.num_actors", "assign.actor_cpus", "ray.cpus_per_worker",
                      "assign.warmup_epochs", "train.epochs", "train.batch_size", "train.lr", "train.lr_step",
-                     "assign.k", "data.crop_size", "proposals.max_candidates", "eval.every", "eval.scales",
-                     *(f"eval.crf_params.{name}" for name in DEFAULTS["eval"]["crf_params"])), POSITIVE),
+                     "assign.k", "data.crop_size", "proposals.max_candidates", "eval.every", "eval.scales"), POSITIVE),
+    **{f"{CRF_KEY}.{name}": bounds for name, bounds in CRF_RANGES.items()},  # CRFParams's own
     **dict.fromkeys(("seed", "assign.lam", "train.weight_decay", "train.num_threads", "train.loader_workers",
                      "train.label_cache_mb", "ray.num_workers", "ray.max_failures"), NON_NEGATIVE),
     "train.momentum": Range(0, 1, high_open=True),
@@ -229,17 +200,6 @@ def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _as_number(value: Any) -> float | None:
-    """A finite float from a YAML number or a string such as '1e-3' (YAML 1.1 reads that as a string); else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _check_type(key: str, value: Any, default: Any) -> Any:
     if value is None and key in NULLABLE_TYPES:
         return None
@@ -255,15 +215,10 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
-    elif isinstance(default, float):
-        if (number := _as_number(value)) is not None:
-            return number
-        raise BoxSupError(f"config key {key}: expected a finite float, got {value!r}")
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    elif isinstance(default, (float, int)):
+        return checked_number(key, value, default)
     elif isinstance(default, list):
-        numbers = [_as_number(v) for v in value] if isinstance(value, list) else [None]
+        numbers = [as_number(v) for v in value] if isinstance(value, list) else [None]
         if None not in numbers:
             return numbers
         raise BoxSupError(f"config key {key}: expected a list of finite floats, got {value!r}")
@@ -418,12 +373,7 @@ def crf_settings(saved: dict[str, Any] | None, overrides: list[str], source: str
     config ``saved`` (``source`` names it; an older one without them keeps the defaults), then ``--set``
     overrides, which may name only ``eval.crf_params.*`` keys. Every value validated."""
     cfg = copy.deepcopy(DEFAULTS)
-    section = saved.get("eval") if isinstance(saved, dict) else None
-    params = section.get("crf_params") if isinstance(section, dict) else None
-    if params is not None and not isinstance(params, dict):
-        raise BoxSupError(f"{source}: config key eval.crf_params: expected a mapping, got {params!r}")
-    for key, value in (params or {}).items():
-        set_key(cfg, f"eval.crf_params.{key}", value, source)
+    cfg["eval"]["crf_params"] = CRFParams.of_config(saved, source).settings()  # CRFParams checks the saved values
     for text in overrides:
         key, value = parse_override(text)
         if not key.startswith("eval.crf_params."):
@@ -449,88 +399,3 @@ def check_data_section(cfg: dict[str, Any], given: dict[str, str]) -> None:
             raise BoxSupError(f"{given[key]}: config key {key}: not used with data.sources (each source sets its "
                               "own root, split and supervision); remove it")
     source_specs(data)  # every source mapping checked here, before anything runs
-
-
-# What assign.form: paper means for the settings only the robust form uses.
-PAPER_FORM = {"region_cost": "mean", "consensus": 0.0, "consensus_margin": 0.1, "sample_margin": None,
-              "greedy_round0": False, "trust_margin": 1.0, "lam_ramp": 0, "ema": 0.0, "void_k": 0,
-              "score_flip": False, "greedy_after_lr_step": False}
-
-
-def label_update_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The label update's region cost, margins, lambda ramp, scoring-weight average and void rule in force.
-
-    ``assign.form: paper`` is the paper's form (Sec. 4.3: every candidate, lambda from the first round
-    the network scores, the last weights, no void) whatever those keys say; ``robust`` takes them as set.
-    Refused: E_r as a soft IoU with ``pixel_cost: xent`` (it needs e = 1 - P).
-    """
-    a = cfg["assign"]
-    if a["form"] == "paper":
-        return dict(PAPER_FORM)
-    if a["region_cost"] == "iou" and a["pixel_cost"] != "error":
-        raise BoxSupError("config key assign.region_cost: iou needs assign.pixel_cost: error (it reads 1 - e as P)")
-    return {key: a[key] for key in PAPER_FORM}
-
-
-def resolve_classes(cfg: dict[str, Any]) -> tuple[str, ...]:
-    """The class names of ``data.classes``: 'auto', 'voc', a list, or a file (relative paths: to data.root,
-    or with data.sources to the first source's root).
-
-    'auto' reads ``<data.root>/classes.txt`` (one name per line, in label-id order) when the dataset
-    has one; else, when the first source is COCO, the categories its JSON declares (in id order);
-    else the 20 PASCAL VOC classes.
-    """
-    from boxsup.data.voc import VOC_CLASSES
-
-    spec = cfg["data"]["classes"]
-    if isinstance(spec, list):
-        return tuple(spec)
-    root = Path(class_root(cfg))
-    if spec == "auto":
-        if (root / "classes.txt").is_file():
-            spec = "classes.txt"
-        elif (coco_file := first_coco_annotations(cfg)) is not None:
-            from boxsup.data.coco import coco_category_names
-
-            return coco_category_names(coco_file)
-        else:
-            spec = "voc"
-    if spec == "voc":
-        return VOC_CLASSES
-    path = Path(spec)
-    if not path.is_absolute() and not path.is_file():
-        path = root / spec
-    if not path.is_file():
-        raise BoxSupError(f"config key data.classes: {spec!r} is neither 'auto', 'voc' nor an existing file")
-    return read_class_file(path)
-
-
-def first_coco_annotations(cfg: dict[str, Any]) -> Path | None:
-    """The annotations file of the first training source when it is a COCO one, else None."""
-    from boxsup.data.sources import parse_source
-
-    sources = cfg["data"].get("sources")
-    if not sources or not isinstance(sources[0], dict) or sources[0].get("format") != "coco":
-        return None
-    spec = parse_source(sources[0], "data.sources[0]")
-    return spec.path(spec.annotations)
-
-
-def class_root(cfg: dict[str, Any]) -> str:
-    """Where ``data.classes: auto`` looks for classes.txt: data.root, or the first source's root."""
-    data = cfg["data"]
-    if data.get("sources"):
-        first = data["sources"][0]
-        return first.get("root", ".") if isinstance(first, dict) else "."
-    return data["root"]
-
-
-def read_class_file(path: Path) -> tuple[str, ...]:
-    """The names of a class list file (one per line, in label-id order); empty or repeated names are refused."""
-    names = tuple(line.strip() for line in read_user_text(path, "class list").splitlines() if line.strip())
-    if not names:
-        raise BoxSupError(f"{path}: class list is empty")
-    twice = first_duplicate(names)
-    if twice is not None:
-        raise BoxSupError(f"{path}: class {twice!r} is listed twice")
-    return names

@@ -1,10 +1,12 @@
 """The label update against hand-computed costs and choices (Eq. 2-4, Sec. 4.3)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from boxsup.assign import BoxedPool, assign_labels, assignment_costs, image_rng, sample_lowest_k
+from boxsup.assign import BoxedPool, LabelUpdateRule, assign_labels, assignment_costs, image_rng, sample_lowest_k
 from boxsup.assign.costs import box_iou
 from boxsup.proposals.pool import CandidatePool
 
@@ -12,6 +14,12 @@ from boxsup.proposals.pool import CandidatePool
 ATOMS = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
 # candidates: C0={0}, C1={0,1}, C2={0,1,2,3}, C3={3}, C4={1}
 MEMBERS = [[0], [0, 1], [0, 1, 2, 3], [3], [1]]
+ROUND = 1  # the rules below do not change with the round (no ramp, no greedy rounds)
+
+
+def rule(lam: float, k: int = 5, **knobs) -> LabelUpdateRule:
+    """The paper's rule with this lambda and k, and any other knob as given."""
+    return replace(LabelUpdateRule.paper(lam=lam, k=k), **knobs)
 
 
 def make_pool() -> CandidatePool:
@@ -38,12 +46,12 @@ def test_costs_match_hand_computation():
     boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
     losses = boxed.loss_sums(pixel_losses())
     # E_o = 1 - IoU(box, tight box of S): C0 .5, C1 0, C2 .5, C3 1, C4 .5
-    np.testing.assert_allclose(assignment_costs(boxed, None, 3.0)[:, 0], [0.5, 0.0, 0.5, 1.0, 0.5])
+    np.testing.assert_allclose(assignment_costs(boxed, None, rule(3.0), ROUND)[:, 0], [0.5, 0.0, 0.5, 1.0, 0.5])
     # E_r = 1/2 [mean of e(p, 1) over S in B + mean of e(p, bg) over the rest of B]:
     # C0: (3.0 + 3.0) / 2 = 3.0; C1, C2: S covers B: (4*3.0 + 4*0.2) / 8 / 2 = 0.8;
     # C3 misses the box: inf; C4: (0.2 + 0.2) / 2 = 0.2
     expected = np.array([0.5, 0.0, 0.5, 1.0, 0.5]) + 3.0 * np.array([3.0, 0.8, 0.8, np.inf, 0.2])
-    np.testing.assert_allclose(assignment_costs(boxed, losses, 3.0)[:, 0], expected)
+    np.testing.assert_allclose(assignment_costs(boxed, losses, rule(3.0), ROUND)[:, 0], expected)
 
 
 def test_region_term_has_no_size_bias():
@@ -54,7 +62,8 @@ def test_region_term_has_no_size_bias():
     masks[2, 3:4, 3:4] = True  # a speck
     boxed = BoxedPool.build(CandidatePool.from_masks(masks), np.array([[0, 0, 8, 8]]), np.array([1]))
     losses = np.stack([np.full((8, 8), 0.05), np.full((8, 8), 3.0)])  # background everywhere
-    region = (assignment_costs(boxed, boxed.loss_sums(losses), 1.0) - assignment_costs(boxed, None, 1.0))[:, 0]
+    region = (assignment_costs(boxed, boxed.loss_sums(losses), rule(1.0), ROUND)
+              - assignment_costs(boxed, None, rule(1.0), ROUND))[:, 0]
     np.testing.assert_allclose(region[1], region[2])  # object and speck cost the same E_r
     assert region[0] < region[1]  # covering the box leaves no background term
 
@@ -63,8 +72,8 @@ def test_region_term_changes_the_choice():
     boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
     losses = boxed.loss_sums(pixel_losses())
     rng = np.random.default_rng(0)
-    overlap_only = assign_labels(boxed, None, 3.0, 1, rng)
-    with_network = assign_labels(boxed, losses, 3.0, 1, rng)
+    overlap_only = assign_labels(boxed, None, rule(3.0, 1), ROUND, rng)
+    with_network = assign_labels(boxed, losses, rule(3.0, 1), ROUND, rng)
     assert overlap_only.chosen.tolist() == [1]  # best box fit
     assert with_network.chosen.tolist() == [4]  # what the network calls object
     expected = np.zeros((4, 4), np.uint8)
@@ -82,14 +91,14 @@ def test_candidates_missing_the_box_are_drawn_last():
 
 def test_lambda_zero_ignores_the_network():
     boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
-    result = assign_labels(boxed, boxed.loss_sums(pixel_losses()), 0.0, 1, np.random.default_rng(0))
+    result = assign_labels(boxed, boxed.loss_sums(pixel_losses()), rule(0.0, 1), ROUND, np.random.default_rng(0))
     assert result.chosen.tolist() == [1]
 
 
 def test_painting_clips_to_the_box():
     # C2 covers the whole image, but only the pixels of its box may take the box's label.
     boxed = BoxedPool.build(make_pool(), np.array([[1, 1, 3, 3]]), np.array([2]))
-    result = assign_labels(boxed, None, 0.0, 1, np.random.default_rng(0))
+    result = assign_labels(boxed, None, rule(0.0, 1), ROUND, np.random.default_rng(0))
     assert result.chosen.tolist() == [2]
     expected = np.zeros((4, 4), np.uint8)
     expected[1:3, 1:3] = 2
@@ -102,7 +111,7 @@ def test_smaller_segment_stays_on_top():
     masks[1, 2:4, 2:4] = True  # small object in front, box (2,2,4,4)
     pool = CandidatePool.from_masks(masks)
     boxes, labels = np.array([[2, 2, 4, 4], [0, 0, 6, 6]]), np.array([3, 1])
-    result = assign_labels(BoxedPool.build(pool, boxes, labels), None, 0.0, 1, np.random.default_rng(0))
+    result = assign_labels(BoxedPool.build(pool, boxes, labels), None, rule(0.0, 1), ROUND, np.random.default_rng(0))
     expected = np.ones((6, 6), np.uint8)
     expected[2:4, 2:4] = 3
     np.testing.assert_array_equal(result.label_map, expected)
@@ -137,18 +146,19 @@ def test_trust_margin_keeps_only_candidates_that_fit_the_box_almost_as_well_as_t
     boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
     losses = boxed.loss_sums(pixel_losses())
     # E_o: C0 .5, C1 0, C2 .5, C3 1, C4 .5; with the network C4 would win (0.5 + 3 * 0.2 < 0 + 3 * 0.8)
-    assert np.argmin(assignment_costs(boxed, losses, 3.0)[:, 0]) == 4
-    trusted = assignment_costs(boxed, losses, 3.0, trust_margin=0.25)[:, 0]
+    assert np.argmin(assignment_costs(boxed, losses, rule(3.0), ROUND)[:, 0]) == 4
+    trusted = assignment_costs(boxed, losses, rule(3.0, trust_margin=0.25), ROUND)[:, 0]
     assert np.isfinite(trusted).tolist() == [False, True, False, False, False]  # only C1 is within 0.25 of E_o's best
-    wide = assignment_costs(boxed, losses, 3.0, trust_margin=0.5)[:, 0]
+    wide = assignment_costs(boxed, losses, rule(3.0, trust_margin=0.5), ROUND)[:, 0]
     assert np.isfinite(wide).tolist() == [True, True, True, False, True] and np.argmin(wide) == 4
 
 
 def test_lambda_ramps_linearly_from_the_first_network_round():
-    from boxsup.assign.assign import ramped_lambda
+    from boxsup.assign.rule import ramped_lambda
 
     assert [ramped_lambda(3.0, r, 1, 4) for r in range(1, 7)] == [0.75, 1.5, 2.25, 3.0, 3.0, 3.0]
     assert ramped_lambda(3.0, 1, 1, 0) == 3.0  # no ramp
+    assert [LabelUpdateRule(lam=3.0, lam_ramp=4, first_network_round=2).lam_at(r) for r in (1, 2, 5)] == [0.0, 0.75, 3.0]
 
 
 def test_soft_iou_region_cost_matches_hand_computation():
@@ -157,7 +167,8 @@ def test_soft_iou_region_cost_matches_hand_computation():
     e = np.ones((2, 4, 4))
     e[1][ATOMS == 0], e[1][ATOMS == 1] = 0.8, 0.1  # e(p, 1) = 1 - P(1 | p)
     e[0] = 1 - e[1]
-    region = (assignment_costs(boxed, boxed.loss_sums(e), 1.0, region="iou") - assignment_costs(boxed, None, 1.0))[:, 0]
+    region = (assignment_costs(boxed, boxed.loss_sums(e), rule(1.0, region_cost="iou"), ROUND)
+              - assignment_costs(boxed, None, rule(1.0), ROUND))[:, 0]
     # sum of P over B = 4 * 0.2 + 4 * 0.9 = 4.4
     expected = 1 - np.array([0.8 / (4 + 4.4 - 0.8), 4.4 / 8, 4.4 / 8, np.nan, 3.6 / (4 + 4.4 - 3.6)])
     np.testing.assert_allclose(region[[0, 1, 2, 4]], expected[[0, 1, 2, 4]])
@@ -167,10 +178,11 @@ def test_soft_iou_region_cost_matches_hand_computation():
 def test_sample_margin_draws_only_near_equivalent_candidates():
     boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
     # E_o alone: C1 0, C0/C2/C4 0.5, C3 1: with k = 5 any of them can be drawn ...
-    drawn = {int(assign_labels(boxed, None, 0.0, 5, np.random.default_rng(s)).chosen[0]) for s in range(60)}
+    drawn = {int(assign_labels(boxed, None, rule(0.0, 5), ROUND, np.random.default_rng(s)).chosen[0]) for s in range(60)}
     assert drawn == {0, 1, 2, 3, 4}
     # ... within 0.25 of the lowest cost only C1 is left
-    drawn = {int(assign_labels(boxed, None, 0.0, 5, np.random.default_rng(s), sample_margin=0.25).chosen[0]) for s in range(40)}
+    near = rule(0.0, 5, sample_margin=0.25)
+    drawn = {int(assign_labels(boxed, None, near, ROUND, np.random.default_rng(s)).chosen[0]) for s in range(40)}
     assert drawn == {1}
 
 
@@ -178,7 +190,7 @@ def test_void_paints_the_pixels_on_which_the_near_best_candidates_disagree():
     boxed = BoxedPool.build(make_pool(), np.array([[0, 0, 4, 2]]), np.array([1]))
     rng = lambda: np.random.default_rng(0)  # noqa: E731
     # E_o alone, k 1: C1 = {0, 1} is chosen; its 3 nearest are C1 (0), C0 = {0} (.5), C2 = all (.5, clipped to the box)
-    out = assign_labels(boxed, None, 0.0, 1, rng(), void_k=3)
+    out = assign_labels(boxed, None, rule(0.0, 1, void_k=3), ROUND, rng())
     expected = np.zeros((4, 4), np.uint8)
     expected[0:2, 0:2] = 1  # atom 0: in all three
     expected[0:2, 2:4] = 255  # atom 1: in C1 and C2, not in C0
@@ -186,7 +198,7 @@ def test_void_paints_the_pixels_on_which_the_near_best_candidates_disagree():
     assert (out.atom_labels[boxed.pool.atoms][0:2] == 1).all()  # the painted labels keep the choice
     # no void: void_k 0 or 1, or a margin that leaves C1 alone in the near set
     for kwargs in ({"void_k": 0}, {"void_k": 1}, {"void_k": 3, "sample_margin": 0.25}):
-        out = assign_labels(boxed, None, 0.0, 1, rng(), **kwargs)
+        out = assign_labels(boxed, None, rule(0.0, 1, **kwargs), ROUND, rng())
         assert out.void is None or not out.void.any()
         assert (out.label_map != 255).all()
 
@@ -203,7 +215,7 @@ def test_consensus_cost_matches_hand_computation():
     # margin 0: only C1 is near-best, so it agrees with itself fully
     np.testing.assert_allclose(consensus_cost(boxed.pool, boxed.inside, boxed.overlap, 0.0)[:, 0],
                                [0.5, 0.0, 0.0, 1.0, 0.5])
-    np.testing.assert_allclose(assignment_costs(boxed, None, 3.0, consensus=2.0, consensus_margin=0.5)[:, 0],
+    np.testing.assert_allclose(assignment_costs(boxed, None, rule(3.0, consensus=2.0, consensus_margin=0.5), ROUND)[:, 0],
                                boxed.overlap[:, 0] + 2.0 * cost)
 
 
@@ -218,6 +230,7 @@ def test_consensus_picks_what_the_equally_fitting_candidates_agree_on():
     boxed = BoxedPool.build(CandidatePool.from_masks(masks), np.array([[0, 0, 8, 8]]), np.array([1]))
     # coverage: frame 3/3, the rest 2/3 except the hole 1/3: T = 28 + 27 x 2/3 + 9 / 3 = 49
     # soft IoU: box 49 / 64, holed 46 / 58, frame 28 / 49
-    assert assign_labels(boxed, None, 0.0, 1, np.random.default_rng(0)).chosen.tolist() == [0]
-    chosen = assign_labels(boxed, None, 0.0, 1, np.random.default_rng(0), consensus=1.0, consensus_margin=0.1).chosen
+    assert assign_labels(boxed, None, rule(0.0, 1), ROUND, np.random.default_rng(0)).chosen.tolist() == [0]
+    consensus = rule(0.0, 1, consensus=1.0, consensus_margin=0.1)
+    chosen = assign_labels(boxed, None, consensus, ROUND, np.random.default_rng(0)).chosen
     assert chosen.tolist() == [1]

@@ -21,15 +21,18 @@ from PIL import Image
 
 from boxsup.assign.cache import BoxedPoolCache
 from boxsup.cli import build_parser, main
-from boxsup.config import BOUNDS, DEFAULTS, flatten, load_config, resolve_classes
+from boxsup.config import BOUNDS, DEFAULTS, flatten, load_config
 from boxsup.data.synth import DEMO_CLASSES, generate_dataset
 from boxsup.data.voc import SizeMismatchError, VOCDataset
 from boxsup.errors import BoxSupError
-from boxsup.evaluation.evaluate import evaluate, evaluate_checkpoint
+from boxsup.data.sources import resolve_classes
+from boxsup.evaluation.crf import CRFParams
+from boxsup.evaluation.evaluate import EvalData, checkpoint_model, evaluate
 from boxsup.models.checkpoint import load_checkpoint
 from boxsup.models import build_model
 from boxsup.proposals.generate import build_store, store_meta
 from boxsup.proposals.store import ProposalStore
+from boxsup.serving.trained_model import read_checkpoint
 from conftest import voc_data_section
 
 ID = "synth_000001"  # the first training image (train: 000001, 000002, 000004; val: 000003)
@@ -427,12 +430,15 @@ def test_pools_of_another_size_than_the_image_are_refused(data):
      "synth_000002.npz: proposal atoms are 40x48, the image is 48x48"),
 ])  # fmt: skip
 def test_a_bad_pool_is_a_counted_skip_of_the_label_update(data, tmp_path, breakage, reason):
-    from boxsup.platform.assign_pool import AssignmentSpec, Assigner  # in-process: no Ray started
+    from boxsup.assign.assigner import AssignmentSpec
+    from boxsup.assign.rule import LabelUpdateRule
+    from boxsup.platform.assign_pool import SpecAssigner  # in-process: no Ray started
 
     ds, store = store_for(data)
     breakage(data.parent / "store")
-    spec = AssignmentSpec(voc_data_section(data), DEMO_CLASSES, str(store.root), str(tmp_path / "labels"), 3.0, 1, 0)
-    result = Assigner(spec).assign(0, "synth_000002", None)
+    spec = AssignmentSpec(voc_data_section(data), DEMO_CLASSES, str(store.root), str(tmp_path / "labels"),
+                          LabelUpdateRule.paper(lam=3.0, k=1), 0)
+    result = SpecAssigner(spec).assign(0, "synth_000002", None)
     assert result.skipped is not None and reason in result.skipped
     assert not (tmp_path / "labels").exists() or not any((tmp_path / "labels").rglob("synth_000002*"))
 
@@ -454,6 +460,14 @@ def save_checkpoint(path: Path, root: Path, classes: tuple[str, ...] = DEMO_CLAS
     model = model or build_model("small", len(classes) + 1, "none")
     torch.save({"model": model.state_dict(), "config": cfg, "classes": list(classes)}, path)
     return path
+
+
+def evaluate_checkpoint(path: Path, root: Path, split: str):
+    """Scores of a saved model on ``root``'s ``split``, and its class names: the checkpoint opened as
+    ``boxsup eval`` opens it (classes checked before the network is built)."""
+    state = read_checkpoint(path)
+    loaded = checkpoint_model(state, str(path), EvalData(root, split), CRFParams.of_config(state["config"]))
+    return evaluate(loaded.model, loaded.dataset, loaded.device, progress=False).compute(), loaded.class_names
 
 
 class Marker:
@@ -525,6 +539,25 @@ def test_evaluate_refuses_a_prediction_of_another_size_than_the_mask(data):
     model = build_model("small", ds.num_classes, "none")
     raises_one_line(lambda: evaluate(model, ds, torch.device("cpu"), progress=False),
                     r"synth_000003.png: mask is 40x48 but the image \(and its prediction\) is 48x48")
+
+
+def test_a_mask_of_another_size_is_named_in_readers_without_mask_files(data, tmp_path):
+    """Every reader says where an image's mask comes from (``mask_location``): COCO paints it from its JSON,
+    and a prefixed source asks the reader it wraps (evaluate asked VOC's ``mask_path``: AttributeError)."""
+    from boxsup.data.coco import CocoDataset
+    from boxsup.data.dataset import PrefixedDataset
+    from boxsup.data.to_coco import write_coco_copy
+
+    class CroppedCoco(CocoDataset):
+        def mask(self, image_id: str) -> np.ndarray | None:
+            mask = super().mask(image_id)
+            return None if mask is None else mask[:, :40]
+
+    write_coco_copy(data, tmp_path / "coco", split_names=("val",), classes=DEMO_CLASSES)
+    coco = CroppedCoco(tmp_path / "coco" / "annotations" / "instances_val.json", tmp_path / "coco" / "val", DEMO_CLASSES)
+    model = build_model("small", coco.num_classes, "none")
+    raises_one_line(lambda: evaluate(model, PrefixedDataset(coco, "c_"), torch.device("cpu"), progress=False),
+                    r"instances_val.json \(image id 1\): mask is 40x48 but the image \(and its prediction\) is 48x48")
 
 
 # ---------------------------------------------------------------- CLI arguments

@@ -21,8 +21,9 @@ import pytest
 from PIL import Image
 
 from boxsup.cli import main
-from boxsup.config import DEFAULTS, load_config, resolve_classes
+from boxsup.config import DEFAULTS, load_config
 from boxsup.data.images import picture_size, read_rgb
+from boxsup.data.sources import resolve_classes
 from boxsup.data.supervision import images_with_masks
 from boxsup.data.synth import DEMO_CLASSES
 from boxsup.data.voc import VOCDataset

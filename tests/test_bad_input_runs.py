@@ -121,6 +121,7 @@ def space(tmp_path: Path) -> Path:
     ["runs", "--experiment", "tiny", "--tracking-uri", DOWN],
     ["predict", "--checkpoint", "runs:/0123/model", "--images", "DATA/JPEGImages", "--out", "OUT", "--tracking-uri", DOWN],
     ["export", "--checkpoint", "runs:/0123/model", "--format", "onnx", "--out", "OUT/m.onnx", "--tracking-uri", DOWN],
+    ["eval", "--checkpoint", "runs:/0123/model", "--data", "DATA", "--tracking-uri", DOWN],
 ])  # fmt: skip
 def test_every_command_that_opens_the_tracking_store_checks_the_server_first(data, tmp_path, tiny_config, space,
                                                                            capsys, command):

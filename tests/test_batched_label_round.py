@@ -1,18 +1,22 @@
 """The batched label round (loader workers, size batches, cached split maps, on-device reduction)
 gives the label maps of the one-image-at-a-time path it replaced, for the same seed."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from boxsup.assign.assign import atom_mean_costs
-from boxsup.config import PAPER_FORM
+from boxsup.assign.assigner import AssignmentSpec
+from boxsup.assign.rule import LabelUpdateRule
+from boxsup.config import DEFAULTS
 from boxsup.data.annotations import Box, Supervision
 from boxsup.data.label_store import LabelStore
 from boxsup.data.voc import VOCDataset, write_split, write_voc_sample
 from boxsup.errors import BoxSupError
 from boxsup.models import build_model
-from boxsup.platform.assign_pool import AssignmentSpec, LocalAssignmentPool
+from boxsup.platform.assign_pool import LocalAssignmentPool
 from boxsup.platform.context import LocalContext
 from boxsup.proposals.box_masks import rectangle_masks
 from boxsup.proposals.pool import CandidatePool, split_atoms_by_boxes
@@ -71,8 +75,8 @@ class RecordingPool(LocalAssignmentPool):
 
 
 def spec_for(tmp_path, ds, store, name, seed=0):
-    return AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / name), 3.0, 5, seed,
-                          region_cost="iou")
+    rule = replace(LabelUpdateRule.paper(lam=3.0, k=5), region_cost="iou")
+    return AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / name), rule, seed)
 
 
 def reference_round(tmp_path, ds, anns, store, model, round_index, name, kind, flip=False):
@@ -97,8 +101,9 @@ def reference_round(tmp_path, ds, anns, store, model, round_index, name, kind, f
 
 def batched_rounds(tmp_path, ds, anns, store, model, rounds, name, kind, workers, cache, flip=False):
     pool = RecordingPool(spec_for(tmp_path, ds, store, name))
-    rule = {**PAPER_FORM, "form": "robust", "region_cost": "iou", "score_flip": True} if flip else {"form": "paper"}
-    cfg = {"assign": {"pixel_cost": kind, "lam": 3.0, **rule}, "train": {"batch_size": 3, "loader_workers": workers}}
+    # the scoring side of the rule (score_flip): the robust defaults when flipped, else the paper form
+    assign = {**DEFAULTS["assign"], "pixel_cost": kind, "lam": 3.0, "form": "robust" if flip else "paper"}
+    cfg = {"assign": assign, "train": {"batch_size": 3, "loader_workers": workers, "lr_step": DEFAULTS["train"]["lr_step"]}}
     job = TrainingJob(cfg, anns, str(tmp_path), pool.assigner.spec.label_store, str(store.root), logger=None, pool=pool)
     ctx = LocalContext(tmp_path, torch.device("cpu"))
     labels, out = LabelStore(pool.assigner.spec.label_store), []
@@ -200,10 +205,10 @@ def test_the_device_reduction_matches_the_cpu_one(tmp_path):
 def test_the_chosen_gt_iou_is_the_full_tables_entry(tmp_path):
     from boxsup.assign.assign import BoxedPool
     from boxsup.assign.diagnostics import candidate_gt_iou, chosen_gt_iou
-    from boxsup.platform.assign_pool import Assigner
+    from boxsup.platform.assign_pool import SpecAssigner
 
     ds, anns, store = make_data(tmp_path)
-    assigner = Assigner(spec_for(tmp_path, ds, store, "d"))
+    assigner = SpecAssigner(spec_for(tmp_path, ds, store, "d"))
     rng = np.random.default_rng(0)
     for ann in anns[:5]:
         boxed = BoxedPool.build(store.load(ann.image_id), ann.boxes_array(), ann.labels_array())

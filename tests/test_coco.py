@@ -9,10 +9,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from boxsup.cli import main
-from boxsup.config import resolve_classes
 from boxsup.data.annotations import IGNORE, Box
 from boxsup.data.coco import CocoDataset
 from boxsup.data.images import SizeMismatchError
+from boxsup.data.sources import resolve_classes
 from boxsup.data.synth import DEMO_CLASSES, generate_dataset
 from boxsup.data.to_coco import write_coco_copy
 from boxsup.data.voc import VOC_CLASSES, VOCDataset, write_split, write_voc_sample

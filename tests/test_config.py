@@ -2,7 +2,8 @@
 
 import pytest
 
-from boxsup.config import DEFAULTS, flatten, load_config, resolve_classes
+from boxsup.config import DEFAULTS, flatten, load_config
+from boxsup.data.sources import resolve_classes
 from boxsup.errors import BoxSupError
 
 
@@ -78,25 +79,37 @@ def test_auto_classes_read_the_dataset_list_or_fall_back_to_voc(tmp_path):
     assert resolve_classes(load_config(None, [f"data.root={tmp_path}"])) == ("cat", "dog")
 
 
+def test_the_label_update_rules_defaults_are_the_default_configs():
+    from boxsup.assign.rule import LabelUpdateRule
+
+    cfg = load_config(None, ["data.root=d"])
+    rule = LabelUpdateRule.from_config(cfg)
+    assert rule == LabelUpdateRule() and rule.form == "robust"  # what a run with the default config uses
+    assert rule.score_flip is True and rule.consensus == 1.0 and rule.region_cost == "iou"
+    assert rule.greedy_from == cfg["train"]["lr_step"] and rule.first_network_round == cfg["assign"]["warmup_epochs"]
+
+
 def test_paper_form_is_one_value_away_and_iou_needs_error_costs():
-    from boxsup.config import PAPER_FORM, label_update_settings
+    from boxsup.assign.rule import LabelUpdateRule
 
     cfg = load_config(None, ["data.root=d", "assign.region_cost=iou", "assign.trust_margin=0.2", "assign.ema=0.5",
                              "assign.void_k=3", "assign.consensus=2",
                              "assign.consensus_margin=0.05", "assign.greedy_round0=false",
                              "assign.score_flip=false", "assign.greedy_after_lr_step=false"])
-    assert label_update_settings(cfg) == {"region_cost": "iou", "consensus": 2.0,
-                                          "consensus_margin": 0.05,
-                                          "sample_margin": cfg["assign"]["sample_margin"], "greedy_round0": False,
-                                          "trust_margin": 0.2, "lam_ramp": cfg["assign"]["lam_ramp"], "ema": 0.5,
-                                          "void_k": 3, "score_flip": False,
-                                          "greedy_after_lr_step": False}
+    assert LabelUpdateRule.from_config(cfg) == LabelUpdateRule(
+        lam=3.0, k=5, pixel_cost="error", region_cost="iou", consensus=2.0, consensus_margin=0.05,
+        sample_margin=cfg["assign"]["sample_margin"], greedy_round0=False, greedy_from=None, trust_margin=0.2,
+        lam_ramp=cfg["assign"]["lam_ramp"], first_network_round=1, ema=0.5, score_flip=False, void_k=3)
     cfg["assign"]["form"] = "paper"
-    assert label_update_settings(cfg) == PAPER_FORM and PAPER_FORM["void_k"] == 0 and PAPER_FORM["consensus"] == 0
-    assert PAPER_FORM["greedy_round0"] is False  # the paper draws among the k lowest in every round
+    paper = LabelUpdateRule.paper()
+    assert LabelUpdateRule.from_config(cfg) == paper and paper.form == "paper" and paper.void_k == 0
+    assert paper.consensus == 0 and paper.sample_margin == float("inf") and paper.region_cost == "mean"
+    assert paper.greedy_round0 is False  # the paper draws among the k lowest in every round
     defaults = load_config(None, ["data.root=d"])["assign"]
-    assert PAPER_FORM["score_flip"] is False and defaults["score_flip"] is True
-    assert PAPER_FORM["greedy_after_lr_step"] is False and defaults["greedy_after_lr_step"] is True
+    assert paper.score_flip is False and defaults["score_flip"] is True
+    assert paper.greedy_from is None and defaults["greedy_after_lr_step"] is True
     cfg = load_config(None, ["data.root=d", "assign.form=robust", "assign.region_cost=iou", "assign.pixel_cost=xent"])
     with pytest.raises(BoxSupError, match="assign.region_cost: iou needs assign.pixel_cost: error"):
-        label_update_settings(cfg)
+        LabelUpdateRule.from_config(cfg)
+    cfg["assign"]["form"] = "paper"  # the paper's E_r is the two-region mean: any e(p, l)
+    assert LabelUpdateRule.from_config(cfg) == LabelUpdateRule.paper(pixel_cost="xent")

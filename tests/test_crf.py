@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from boxsup.config import DEFAULTS, crf_settings, load_config
+from boxsup.config import BOUNDS, DEFAULTS, crf_settings, load_config
 from boxsup.errors import BoxSupError
-from boxsup.evaluation.crf import CRFParams, dense_crf
+from boxsup.evaluation.crf import RANGES, CRFParams, dense_crf
 from boxsup.evaluation.crf_search import DEFAULT_GRID, grid_points, parse_grid, score_grid
 from boxsup.evaluation.inference import MULTI_SCALE, predict_label_map, predict_probs
 from boxsup.models import build_model
@@ -104,6 +105,16 @@ def test_bad_crf_params_are_one_line_errors(override, message) -> None:
     with pytest.raises(BoxSupError) as err:
         load_config(None, ["data.root=/d", override])
     assert message in str(err.value) and "\n" not in str(err.value)
+    key, text = override.split("=", 1)  # the same value in a saved run's config (a checkpoint, an MLflow model)
+    saved = {"eval": {"crf_params": {key.removeprefix("eval.crf_params."): yaml.safe_load(text)}}}
+    with pytest.raises(BoxSupError) as from_saved:
+        CRFParams.of_config(saved, f"--set {override}")
+    assert str(from_saved.value) == str(err.value)  # CRFParams checks its values as the config does
+
+
+def test_the_config_takes_the_crf_defaults_and_ranges_from_crf_params() -> None:
+    assert {key: BOUNDS[f"eval.crf_params.{key}"] for key in DEFAULTS["eval"]["crf_params"]} == RANGES
+    assert CRFParams.checked("bi_w", "1e-3", "src") == 0.001 and CRFParams.checked("iterations", 7, "src") == 7
 
 
 def test_crf_params_from_a_config_file(tmp_path) -> None:

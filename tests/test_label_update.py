@@ -3,12 +3,14 @@
 import numpy as np
 import torch
 
+from boxsup.assign.assigner import AssignmentSpec
+from boxsup.assign.rule import LabelUpdateRule
 from boxsup.config import load_config
 from boxsup.data.annotations import Box, Supervision
 from boxsup.data.label_store import LabelStore
 from boxsup.data.voc import VOCDataset, write_split, write_voc_sample
 from boxsup.models import build_model
-from boxsup.platform.assign_pool import AssignmentSpec, LocalAssignmentPool
+from boxsup.platform.assign_pool import LocalAssignmentPool
 from boxsup.platform.context import LocalContext
 from boxsup.proposals.box_masks import rectangle_masks
 from boxsup.proposals.pool import CandidatePool
@@ -19,6 +21,7 @@ from boxsup.trainers.loop import label_round
 from conftest import voc_data_section
 
 CLASSES = ("a", "b")
+PAPER = LabelUpdateRule.paper(lam=3.0, k=5)
 
 
 def make_data(tmp_path):
@@ -39,7 +42,7 @@ def make_data(tmp_path):
 
 
 def run_round(tmp_path, ds, anns, store, model, seed, name):
-    spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / name), 3.0, 5, seed)
+    spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / name), PAPER, seed)
     cfg = load_config(None, [f"data.root={ds.root}"])  # the default label update (robust form)
     job = TrainingJob(cfg, anns, str(tmp_path), spec.label_store, str(store.root), logger=None,
                       pool=LocalAssignmentPool(spec))
@@ -87,12 +90,12 @@ def test_pixel_costs_are_bounded_errors_or_cross_entropy():
 
 
 def test_atom_level_pseudo_label_confusion_matches_pixels(tmp_path):
+    from boxsup.platform.assign_pool import SpecAssigner
     from boxsup.evaluation.metrics import ConfusionMatrix
-    from boxsup.platform.assign_pool import Assigner
 
     ds, anns, store = make_data(tmp_path)
-    spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / "l"), 3.0, 5, 0)
-    assigner = Assigner(spec)
+    spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / "l"), PAPER, 0)
+    assigner = SpecAssigner(spec)
     for round_index in (0, 1):  # the second round uses the cached GT histogram
         result = assigner.assign(round_index, "i0", None)
         expected = ConfusionMatrix(ds.num_classes)
@@ -126,17 +129,18 @@ def test_a_corrupt_proposal_file_is_a_counted_skip(tmp_path):
 def test_round_0_takes_the_lowest_cost_when_greedy_and_draws_among_k_otherwise(tmp_path):
     from dataclasses import replace
 
-    from boxsup.platform.assign_pool import Assigner
+    from boxsup.platform.assign_pool import SpecAssigner
 
     ds, anns, store = make_data(tmp_path)
     box_only = np.zeros((24, 24), np.uint8)
     box_only[4:14, 4:12] = 1  # the exact rectangle: the one candidate whose tight box is the box (E_o = 0)
-    spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / "l"), 3.0, 5, 0)
+    spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / "l"), PAPER, 0)
     painted = {}
     for greedy in (True, False):
         for seed in range(8):
-            run = replace(spec, seed=seed, greedy_round0=greedy, label_store=str(tmp_path / f"l{greedy}{seed}"))
-            Assigner(run).assign(0, "i0", None)
+            run = replace(spec, seed=seed, rule=replace(PAPER, greedy_round0=greedy),
+                          label_store=str(tmp_path / f"l{greedy}{seed}"))
+            SpecAssigner(run).assign(0, "i0", None)
             painted[greedy, seed] = LabelStore(run.label_store).read(0, "i0")
     assert all(np.array_equal(painted[True, s], box_only) for s in range(8))
     assert any(not np.array_equal(painted[False, s], box_only) for s in range(8))  # the paper's draw among k
@@ -145,18 +149,18 @@ def test_round_0_takes_the_lowest_cost_when_greedy_and_draws_among_k_otherwise(t
 def test_rounds_from_greedy_from_take_the_lowest_cost_and_earlier_ones_draw(tmp_path):
     from dataclasses import replace
 
-    from boxsup.platform.assign_pool import Assigner
+    from boxsup.platform.assign_pool import SpecAssigner
 
     ds, anns, store = make_data(tmp_path)
     box_only = np.zeros((24, 24), np.uint8)
     box_only[4:14, 4:12] = 1  # the lowest cost (E_o = 0), as above
-    spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / "l"), 3.0, 5, 0,
-                          greedy_from=3)
+    spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / "l"),
+                          replace(PAPER, greedy_from=3), 0)
     painted = {}
     for seed in range(8):
         run = replace(spec, seed=seed, label_store=str(tmp_path / f"l{seed}"))
         for round_index in (2, 3, 4):
-            Assigner(run).assign(round_index, "i0", None)
+            SpecAssigner(run).assign(round_index, "i0", None)
             painted[round_index, seed] = LabelStore(run.label_store).read(round_index, "i0")
     assert all(np.array_equal(painted[r, s], box_only) for r in (3, 4) for s in range(8))
     assert any(not np.array_equal(painted[2, s], box_only) for s in range(8))

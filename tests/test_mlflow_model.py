@@ -16,7 +16,7 @@ from boxsup.data.images import read_rgb
 from boxsup.data.synth import generate_dataset
 from boxsup.evaluation.inference import predict_label_map
 from boxsup.platform.launch import run_boxsup
-from boxsup.serving.trained_model import load_trained_model
+from boxsup.serving.trained_model import load_trained_model, mlflow_store
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,30 @@ def test_predict_takes_the_run_uri_and_runs_names_it(trained, tmp_path, capsys):
     missing = "runs:/0123456789abcdef0123456789abcdef/model"
     assert main(["predict", "--checkpoint", missing, "--tracking-uri", trained["uri"], *image_args,
                  "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"boxsup: error: {missing}: cannot fetch the model") and "\n" not in err
+
+
+def test_eval_takes_the_run_uri_and_a_registered_model_as_predict_does(trained, capsys):
+    """`boxsup eval` opens a checkpoint as predict does (one opener): runs:/ and models:/ URIs score as the file."""
+    data = str(trained["images"][0].parents[1])
+    store = ["--tracking-uri", trained["uri"]]
+
+    def scores(*checkpoints: str) -> str:
+        assert main(["eval", "--checkpoint", *checkpoints, "--data", data, *store]) == 0
+        return capsys.readouterr().out
+
+    by_file = scores(str(trained["run_dir"] / "checkpoint.pt"))
+    assert by_file.startswith("mIoU ") and "background" in by_file
+    assert scores(f"runs:/{trained['run_id']}/model") == by_file
+    assert scores(f"runs:/{trained['run_id']}/checkpoint/checkpoint.pt") == by_file
+    with mlflow_store(trained["uri"]):
+        version = mlflow.register_model(f"runs:/{trained['run_id']}/model", "served-eval").version
+    assert scores(f"models:/served-eval/{version}") == by_file
+    both = scores(str(trained["run_dir"] / "checkpoint.pt"), f"runs:/{trained['run_id']}/model")
+    assert both.count(by_file.splitlines()[0]) == 2 and f"runs:/{trained['run_id']}/model:" in both  # each named
+    missing = "runs:/0123456789abcdef0123456789abcdef/model"
+    assert main(["eval", "--checkpoint", missing, "--data", data, *store]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"boxsup: error: {missing}: cannot fetch the model") and "\n" not in err
 

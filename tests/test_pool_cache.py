@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from boxsup.assign import assign_labels, image_rng
+from boxsup.assign import LabelUpdateRule, assign_labels, image_rng
+from boxsup.assign.assigner import AssignmentSpec
 from boxsup.assign.assign import BoxedPool
 from boxsup.assign.cache import MB, BoxedPoolCache
 from boxsup.assign.packed import PackedPool
@@ -18,7 +19,6 @@ from boxsup.config import load_config
 from boxsup.data.annotations import Box, ImageAnnotation
 from boxsup.data.synth_photo import photo_sample
 from boxsup.errors import BoxSupError
-from boxsup.platform.assign_pool import AssignmentSpec
 from boxsup.platform.search_space import load_search_space
 from boxsup.proposals.pool import CandidatePool
 from boxsup.proposals.selective_search import selective_search
@@ -145,8 +145,9 @@ def label_update_rounds(boxed: BoxedPool, image: str, seed: int, settings) -> li
         sums = None
         if round_index:
             sums = boxed.sums_from_means(rng.random((boxed.pool.n_atoms, len(boxed.loss_labels))).astype(np.float16))
-        results.append(assign_labels(boxed, sums, 3.0 if sums is not None else 0.0, 3 if len(settings) == 4 else 5,
-                                     image_rng(0, round_index, image), trust, region, margin))
+        rule = dataclasses.replace(LabelUpdateRule.paper(lam=3.0, k=3 if len(settings) == 4 else 5),
+                                   region_cost=region, sample_margin=margin, trust_margin=trust)
+        results.append(assign_labels(boxed, sums, rule, round_index, image_rng(0, round_index, image)))
     return results
 
 
@@ -259,8 +260,10 @@ def test_cache_mb_is_validated_and_reaches_the_actors():
         load_config(None, ["data.root=/data", "assign.cache_mb=-1"])
     with pytest.raises(BoxSupError, match=r"assign.cache_mb: expected a finite float"):
         load_config(None, ["data.root=/data", "assign.cache_mb=lots"])
-    default_spec = AssignmentSpec({}, (), "p", "l", 3.0, 5, 0)
+    default_spec = AssignmentSpec({}, (), "p", "l", LabelUpdateRule(), 0)
     assert default_spec.cache_mb * MB == BoxedPoolCache(None).max_bytes  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="AssignmentSpec.rule"):  # the old (lam, k, seed) arguments: not shifted silently
+        AssignmentSpec({}, (), "p", "l", 3.0, 5, 0)  # type: ignore[arg-type]
 
 
 def test_the_retired_cache_images_key_is_refused_in_one_line(tmp_path):

@@ -6,18 +6,20 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from boxsup.assign.assigner import AssignmentSpec
+from boxsup.assign.rule import LabelUpdateRule
 from boxsup.cli import main
 from boxsup.config import load_config
 from boxsup.data.annotations import Supervision
 from boxsup.data.label_store import LabelStore
 from boxsup.data.synth import DEMO_CLASSES, generate_dataset
 from boxsup.data.voc import VOCDataset
-from boxsup.platform.assign_pool import AssignmentPool, AssignmentSpec, LocalAssignmentPool
+from boxsup.platform.assign_pool import AssignmentPool, LocalAssignmentPool
 from boxsup.proposals.generate import build_store
 from boxsup.proposals.pool import split_atoms_by_boxes
 from boxsup.proposals.store import ProposalStore
 from boxsup.platform.ray_train import needs_actor_pool
-from boxsup.trainers.faults import Fault
+from boxsup.utils.faults import Fault
 from conftest import voc_data_section
 
 
@@ -40,7 +42,8 @@ def labelled_setup(tmp_path_factory):
 
 
 def spec_for(root, store, labels_dir):
-    return AssignmentSpec(voc_data_section(root / "data"), DEMO_CLASSES, str(store.root), str(labels_dir), 3.0, 5, 11)
+    return AssignmentSpec(voc_data_section(root / "data"), DEMO_CLASSES, str(store.root), str(labels_dir),
+                          LabelUpdateRule.paper(lam=3.0, k=5), 11)
 
 
 def run_pool(pool, dataset, sums, on_result=None):

@@ -1,7 +1,7 @@
 """Recovery through Ray is exact: a killed Train worker, a killed assignment actor, a restart after the
 last checkpoint and a killed driver (then ``--resume``) all end with the model and metrics of a run
 that was never interrupted, one MLflow value per metric and step, every label map readable, no
-process left behind. Faults are injected with ``BOXSUP_FAULT`` (see ``boxsup.trainers.faults``).
+process left behind. Faults are injected with ``BOXSUP_FAULT`` (see ``boxsup.utils.faults``).
 """
 
 from __future__ import annotations

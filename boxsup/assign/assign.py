@@ -9,6 +9,7 @@ import numpy as np
 from boxsup.assign.costs import atom_loss_sums, consensus_cost, overlap_cost, region_cost, soft_iou_cost
 from boxsup.assign.packed import ARRAY_OVERHEAD, PackedPool
 from boxsup.assign.paint import paint_labels
+from boxsup.assign.rule import LabelUpdateRule
 from boxsup.assign.sampling import sample_lowest_k
 from boxsup.data.annotations import BACKGROUND, IGNORE
 from boxsup.proposals.pool import CandidatePool
@@ -117,65 +118,54 @@ class Assignment:
 
 
 def assignment_costs(
-    boxed: BoxedPool, loss_sums: np.ndarray | None, lam: float, trust_margin: float = 1.0, region: str = "mean",
-    consensus: float = 0.0, consensus_margin: float = 0.1,
+    boxed: BoxedPool, loss_sums: np.ndarray | None, rule: LabelUpdateRule, round_index: int,
 ) -> np.ndarray:
-    """cost(S, B) = E_o + mu * E_c + lam * E_r for all candidates and boxes, (C, B); no E_r without losses.
+    """cost(S, B) = E_o + mu * E_c + lambda_r * E_r for all candidates and boxes, (C, B); no E_r without losses.
 
-    ``consensus`` mu weighs E_c, the disagreement with the candidates whose E_o is within
-    ``consensus_margin`` of the box's best (``costs.consensus_cost``; 0: none, as in the paper).
+    lambda_r is ``rule.lam_at(round_index)``. ``rule.consensus`` mu weighs E_c, the disagreement with the
+    candidates whose E_o is within ``rule.consensus_margin`` of the box's best (``costs.consensus_cost``;
+    0: none, as in the paper).
 
-    ``region``: E_r as the two-region mean (``costs.region_cost``) or 1 - soft IoU with the
+    ``rule.region_cost``: E_r as the two-region mean (``costs.region_cost``) or 1 - soft IoU with the
     network's mask (``costs.soft_iou_cost``, for e = 1 - P).
 
-    ``trust_margin`` δ < 1 keeps only the candidates that fit the box almost as well as the best one,
+    ``rule.trust_margin`` δ < 1 keeps only the candidates that fit the box almost as well as the best one,
     E_o(S, B) <= min_S' E_o(S', B) + δ; the others cost inf (never drawn). 1 keeps every candidate.
     """
+    lam = rule.lam_at(round_index)
     costs = boxed.overlap
-    if consensus:
-        costs = costs + consensus * boxed.consensus_cost(consensus_margin).astype(np.float64)
+    if rule.consensus:
+        costs = costs + rule.consensus * boxed.consensus_cost(rule.consensus_margin).astype(np.float64)
     if loss_sums is not None and lam != 0:
         columns = boxed.box_columns
         areas = np.prod(boxed.boxes[:, 2:] - boxed.boxes[:, :2], axis=1).astype(np.float64)
-        term = soft_iou_cost if region == "iou" else region_cost
+        term = soft_iou_cost if rule.region_cost == "iou" else region_cost
         costs = costs + lam * term(boxed.pool, boxed.inside, loss_sums, columns, areas)
-    if trust_margin < 1:
-        trusted = boxed.overlap <= boxed.overlap.min(axis=0, keepdims=True) + trust_margin
+    if rule.trust_margin < 1:
+        trusted = boxed.overlap <= boxed.overlap.min(axis=0, keepdims=True) + rule.trust_margin
         costs = np.where(trusted, costs, np.inf)
     return costs
 
 
-def ramped_lambda(lam: float, round_index: int, first_network_round: int, ramp_rounds: int) -> float:
-    """lambda of a round: it grows linearly over ``ramp_rounds`` rounds from the first the network scores.
-
-    lambda_r = lam * min(1, (r - r_0 + 1) / R) for r >= r_0 (R = 0: lam at once); the young network's
-    word counts little, a trained one's fully.
-    """
-    if ramp_rounds <= 0:
-        return lam
-    return lam * min(1.0, max(0, round_index - first_network_round + 1) / ramp_rounds)
-
-
 def assign_labels(
-    boxed: BoxedPool, loss_sums: np.ndarray | None, lam: float, k: int, rng: np.random.Generator,
-    trust_margin: float = 1.0, region: str = "mean", sample_margin: float = float("inf"), void_k: int = 0,
-    consensus: float = 0.0, consensus_margin: float = 0.1,
+    boxed: BoxedPool, loss_sums: np.ndarray | None, rule: LabelUpdateRule, round_index: int, rng: np.random.Generator,
 ) -> Assignment:
-    """Pick one candidate per box uniformly among its k lowest costs and paint the label map.
+    """Label one image for round ``round_index`` by ``rule``: pick one candidate per box uniformly among
+    its k lowest costs (``rule.k_at``: 1 in its greedy rounds) and paint the label map.
 
-    ``void_k`` > 1 paints void the atoms on which a box's ``void_k`` near-best candidates disagree
+    ``rule.void_k`` > 1 paints void the atoms on which a box's ``void_k`` near-best candidates disagree
     (``disputed_atoms``); 0 or 1 voids nothing, as in the paper.
 
-    ``loss_sums`` is None in round 0 (no trained network yet): E_o alone decides. ``sample_margin``
+    ``loss_sums`` is None in round 0 (no trained network yet): E_o alone decides. ``rule.sample_margin``
     ε keeps out of the draw every candidate costing more than the box's lowest cost + ε, so the k
     drawn from are near-equivalent ones, not clearly worse ones (inf: the plain k lowest).
     """
-    costs = assignment_costs(boxed, loss_sums, lam, trust_margin, region, consensus, consensus_margin)
-    if np.isfinite(sample_margin):
-        costs = np.where(costs <= costs.min(axis=0, keepdims=True) + sample_margin, costs, np.inf)
-    chosen = sample_lowest_k(costs, k, rng)
+    costs = assignment_costs(boxed, loss_sums, rule, round_index)
+    if np.isfinite(rule.sample_margin):
+        costs = np.where(costs <= costs.min(axis=0, keepdims=True) + rule.sample_margin, costs, np.inf)
+    chosen = sample_lowest_k(costs, rule.k_at(round_index, scored=loss_sums is not None), rng)
     atom_labels = paint_labels(boxed.pool, boxed.inside, chosen, boxed.labels)
-    void = disputed_atoms(boxed, costs, void_k) if void_k > 1 else None
+    void = disputed_atoms(boxed, costs, rule.void_k) if rule.void_k > 1 else None
     painted = atom_labels if void is None else np.where(void, IGNORE, atom_labels).astype(np.uint8)
     return Assignment(boxed.pool.expand(painted), atom_labels, chosen, costs[chosen, np.arange(len(chosen))], void)
 

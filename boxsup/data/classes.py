@@ -1,4 +1,4 @@
-"""Mapping a source's class names onto the run's class ids, and counting what is dropped.
+"""Mapping a source's class names onto the run's class ids, and counting what is dropped; class list files.
 
 A source names its classes its own way (COCO's "airplane", VOC's "aeroplane"). Each name maps to
 a run class by, in order: the source's ``class_map`` (a run class name, ``background``, or null to
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 
 from boxsup.errors import BoxSupError
-from boxsup.utils.lists import names_text
+from boxsup.utils.lists import first_duplicate, names_text, read_user_text
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +64,14 @@ class ClassMapping:
 def coco_aliases(run_classes: tuple[str, ...]) -> dict[str, str]:
     """The built-in COCO -> VOC names when the run's classes include VOC's renamed ones, else none."""
     return {coco: voc for coco, voc in COCO_TO_VOC_NAMES.items() if voc in run_classes}
+
+
+def read_class_file(path: Path) -> tuple[str, ...]:
+    """The names of a class list file (one per line, in label-id order); empty or repeated names are refused."""
+    names = tuple(line.strip() for line in read_user_text(path, "class list").splitlines() if line.strip())
+    if not names:
+        raise BoxSupError(f"{path}: class list is empty")
+    twice = first_duplicate(names)
+    if twice is not None:
+        raise BoxSupError(f"{path}: class {twice!r} is listed twice")
+    return names

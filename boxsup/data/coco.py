@@ -129,6 +129,10 @@ class CocoDataset(SegmentationDataset):
     def image_path(self, image_id: str) -> Path:
         return self.images_dir / self._record(image_id)["file_name"]
 
+    def mask_location(self, image_id: str) -> str:
+        """Masks are painted from the objects of the annotations file: it, and the image's id in it."""
+        return f"{self.list_file} (image id {self._record(image_id)['id']})"
+
     def _checked_size(self, image_id: str) -> tuple[int, int]:
         """The JSON's (width, height) of the image, refused when the upright image's differs."""
         record = self._record(image_id)

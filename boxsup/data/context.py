@@ -94,6 +94,9 @@ class ContextDataset(ListedDataset):
     def mask_path(self, image_id: str) -> Path:
         return self.root / CONTEXT_MASK_DIR / f"{image_id}.png"
 
+    def mask_location(self, image_id: str) -> str:
+        return str(self.mask_path(image_id))
+
     def source_mask(self, image_id: str) -> np.ndarray:
         """The PNG as Context class ids (0..59, 255 void), checked against the image's size."""
         path = self.mask_path(image_id)

@@ -74,6 +74,11 @@ class SegmentationDataset(ABC):
     def mask(self, image_id: str) -> np.ndarray | None:
         """The GT label map in run class ids (0 background, 255 void), or None when the image has none."""
 
+    def mask_location(self, image_id: str) -> str:
+        """Where the image's mask comes from, to name it in messages: its file in the readers that have one;
+        by default the image's path (a reader whose masks are painted from annotations says so itself)."""
+        return str(self.image_path(image_id))
+
     def origin(self) -> dict[str, Any]:
         """What a proposal store made for this dataset records (``data_root``, ``split``), to refuse mixing."""
         return {"data_root": str(self.list_file.parent.resolve()), "split": self.list_file.name}
@@ -177,6 +182,9 @@ class UnionDataset(SegmentationDataset):
     def mask(self, image_id: str) -> np.ndarray | None:
         return self.source_of(image_id).mask(image_id)
 
+    def mask_location(self, image_id: str) -> str:
+        return self.source_of(image_id).mask_location(image_id)
+
     def origin(self) -> dict[str, Any]:
         if len(self.sources) == 1:
             return self.sources[0].origin()
@@ -243,6 +251,9 @@ class PrefixedDataset(SegmentationDataset):
 
     def mask(self, image_id: str) -> np.ndarray | None:
         return self.inner.mask(self._inner_id(image_id))
+
+    def mask_location(self, image_id: str) -> str:
+        return self.inner.mask_location(self._inner_id(image_id))
 
     def origin(self) -> dict[str, Any]:
         return self.inner.origin() | {"prefix": self.prefix}

@@ -123,6 +123,9 @@ class SBDDataset(ListedDataset):
     def cls_path(self, image_id: str) -> Path:
         return self.root / "cls" / f"{image_id}.mat"
 
+    def mask_location(self, image_id: str) -> str:
+        return str(self.cls_path(image_id))
+
     def inst_path(self, image_id: str) -> Path:
         return self.root / "inst" / f"{image_id}.mat"
 

@@ -2,9 +2,10 @@
 
 A run trains on the union of its sources, each with its own format, supervision and class mapping,
 and scores on one validation source. ``data.root`` is the one-source shorthand: a VOC-layout root
-with ``data.train_split``/``data.val_split`` and ``data.supervision``. ``build_datasets`` turns the
-config into the two datasets; ``training_annotations`` reads the training set's annotations and
-sets each image's supervision by its source's rule.
+with ``data.train_split``/``data.val_split`` and ``data.supervision``. ``resolve_classes`` gives the
+run's class names (``data.classes``); ``build_datasets`` turns the config into the two datasets;
+``training_annotations`` reads the training set's annotations and sets each image's supervision by
+its source's rule. Every function here takes the config's (already loaded) mapping, never a file.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from boxsup.data.annotations import ImageAnnotation
+from boxsup.data.classes import read_class_file
 from boxsup.data.dataset import PrefixedDataset, SegmentationDataset, UnionDataset
 from boxsup.data.supervision import apply_supervision, audit_images, images_with_masks
 from boxsup.errors import BoxSupError
@@ -126,6 +128,57 @@ def source_specs(data: dict[str, Any]) -> tuple[list[SourceSpec], SourceSpec]:
     return specs, parse_source(data["val"], "data.val", default_supervision="mask")
 
 
+def resolve_classes(cfg: dict[str, Any]) -> tuple[str, ...]:
+    """The class names of ``data.classes``: 'auto', 'voc', a list, or a file (relative paths: to data.root,
+    or with data.sources to the first source's root).
+
+    'auto' reads ``<data.root>/classes.txt`` (one name per line, in label-id order) when the dataset
+    has one; else, when the first source is COCO, the categories its JSON declares (in id order);
+    else the 20 PASCAL VOC classes.
+    """
+    from boxsup.data.voc import VOC_CLASSES
+
+    spec = cfg["data"]["classes"]
+    if isinstance(spec, list):
+        return tuple(spec)
+    root = Path(class_root(cfg))
+    if spec == "auto":
+        if (root / "classes.txt").is_file():
+            spec = "classes.txt"
+        elif (coco_file := first_coco_annotations(cfg)) is not None:
+            from boxsup.data.coco import coco_category_names
+
+            return coco_category_names(coco_file)
+        else:
+            spec = "voc"
+    if spec == "voc":
+        return VOC_CLASSES
+    path = Path(spec)
+    if not path.is_absolute() and not path.is_file():
+        path = root / spec
+    if not path.is_file():
+        raise BoxSupError(f"config key data.classes: {spec!r} is neither 'auto', 'voc' nor an existing file")
+    return read_class_file(path)
+
+
+def first_coco_annotations(cfg: dict[str, Any]) -> Path | None:
+    """The annotations file of the first training source when it is a COCO one, else None."""
+    sources = cfg["data"].get("sources")
+    if not sources or not isinstance(sources[0], dict) or sources[0].get("format") != "coco":
+        return None
+    spec = parse_source(sources[0], "data.sources[0]")
+    return spec.path(spec.annotations)
+
+
+def class_root(cfg: dict[str, Any]) -> str:
+    """Where ``data.classes: auto`` looks for classes.txt: data.root, or the first source's root."""
+    data = cfg["data"]
+    if data.get("sources"):
+        first = data["sources"][0]
+        return first.get("root", ".") if isinstance(first, dict) else "."
+    return data["root"]
+
+
 def _open_voc(spec: SourceSpec, classes: tuple[str, ...]) -> SegmentationDataset:
     from boxsup.data.voc import VOCDataset
 
@@ -172,8 +225,6 @@ def open_source(spec: SourceSpec, classes: tuple[str, ...], scored: bool = False
 
 def build_datasets(cfg: dict[str, Any], classes: tuple[str, ...] | None = None) -> tuple[UnionDataset, SegmentationDataset]:
     """The run's training set (the union of ``data.sources``) and its validation set (``data.val``)."""
-    from boxsup.config import resolve_classes
-
     classes = classes or resolve_classes(cfg)
     train_specs, val_spec = source_specs(cfg["data"])
     train = UnionDataset([open_source(spec, classes) for spec in train_specs])
@@ -182,8 +233,6 @@ def build_datasets(cfg: dict[str, Any], classes: tuple[str, ...] | None = None) 
 
 def build_training_set(cfg: dict[str, Any], classes: tuple[str, ...] | None = None) -> UnionDataset:
     """The run's training set alone (what the label-update actors and the proposal builder read)."""
-    from boxsup.config import resolve_classes
-
     classes = classes or resolve_classes(cfg)
     return UnionDataset([open_source(spec, classes) for spec in source_specs(cfg["data"])[0]])
 

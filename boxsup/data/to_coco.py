@@ -21,6 +21,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from boxsup.data.annotations import BACKGROUND, IGNORE, ImageAnnotation
+from boxsup.data.classes import read_class_file
 from boxsup.data.voc import VOC_CLASSES, VOCDataset
 from boxsup.utils.files import atomic_path, write_text_atomic
 
@@ -29,8 +30,6 @@ log = logging.getLogger(__name__)
 
 def _dataset_classes(voc_root: Path) -> tuple[str, ...]:
     """``<root>/classes.txt`` when the dataset has one (the demo sets do), else the 20 VOC classes."""
-    from boxsup.config import read_class_file
-
     path = voc_root / "classes.txt"
     return read_class_file(path) if path.is_file() else VOC_CLASSES
 

@@ -89,6 +89,9 @@ class VOCDataset(ListedDataset):
     def mask_path(self, image_id: str) -> Path:
         return self.root / self.mask_dir / f"{image_id}.png"
 
+    def mask_location(self, image_id: str) -> str:
+        return str(self.mask_path(image_id))
+
     def mask(self, image_id: str) -> np.ndarray | None:
         path = self.mask_path(image_id)
         if not path.is_file():

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
 
-from boxsup.config import DEFAULTS, crf_settings
+from boxsup.errors import BoxSupError
+from boxsup.utils.numbers import POSITIVE, Range, checked_number
+
+CONFIG_KEY = "eval.crf_params"  # where a run config keeps these settings
 
 # DeepLab-LargeFOV cross-validated its bilateral spatial std on PASCAL VOC images (~500 px long side).
 REFERENCE_SIZE = 500.0
@@ -19,20 +22,20 @@ _MIN_PROB = 1e-8
 class CRFParams:
     """The dense CRF's kernels, named as in DeepLab's prototxt (the paper's symbols in brackets).
 
-    Defaults (``eval.crf_params`` in config.DEFAULTS) are DeepLab-LargeFOV's published PASCAL VOC
-    values (Chen et al., ICLR 2015): bilateral kernel weight 4 (w1), spatial std 121 px (theta_alpha),
-    colour std 5 (theta_beta); Gaussian kernel weight 3 (w2), std 3 px (theta_gamma). ``bi_xy_std``
-    is given at VOC scale and scaled to each image's longer side (``bi_xy_std * max(H, W) / 500``), so
-    it means the same on small images. DeepLab ran 10 mean-field iterations; 5 are nearly converged
-    and twice as fast.
+    The defaults (which the run config's ``eval.crf_params`` takes from here, with ``RANGES``) are
+    DeepLab-LargeFOV's published PASCAL VOC values (Chen et al., ICLR 2015): bilateral kernel weight 4
+    (w1), spatial std 121 px (theta_alpha), colour std 5 (theta_beta); Gaussian kernel weight 3 (w2),
+    std 3 px (theta_gamma). ``bi_xy_std`` is given at VOC scale and scaled to each image's longer side
+    (``bi_xy_std * max(H, W) / 500``), so it means the same on small images. DeepLab ran 10 mean-field
+    iterations; 5 are nearly converged and twice as fast.
     """
 
-    bi_w: float = DEFAULTS["eval"]["crf_params"]["bi_w"]
-    bi_xy_std: float = DEFAULTS["eval"]["crf_params"]["bi_xy_std"]
-    bi_rgb_std: float = DEFAULTS["eval"]["crf_params"]["bi_rgb_std"]
-    pos_w: float = DEFAULTS["eval"]["crf_params"]["pos_w"]
-    pos_xy_std: float = DEFAULTS["eval"]["crf_params"]["pos_xy_std"]
-    iterations: int = DEFAULTS["eval"]["crf_params"]["iterations"]
+    bi_w: float = 4.0  # bilateral kernel weight (w1)
+    bi_xy_std: float = 121.0  # its spatial std (theta_alpha), px at a 500 px long side: scaled to each image
+    bi_rgb_std: float = 5.0  # its colour std (theta_beta)
+    pos_w: float = 3.0  # Gaussian (smoothness) kernel weight (w2)
+    pos_xy_std: float = 3.0  # its spatial std in px (theta_gamma)
+    iterations: int = 5  # mean-field iterations (DeepLab: 10; 5 are nearly converged)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> CRFParams:
@@ -40,10 +43,30 @@ class CRFParams:
         return cls(**{key: value for key, value in settings.items() if key in cls.__dataclass_fields__})
 
     @classmethod
-    def of_config(cls, config: dict[str, Any] | None, overrides: Sequence[str] = (), source: str = "config") -> CRFParams:
+    def checked(cls, name: str, value: Any, source: str) -> float | int:
+        """``value`` for the parameter ``name`` as the run config's ``eval.crf_params.<name>`` takes it (a float
+        parameter any finite number, ``iterations`` a whole one) within ``RANGES``; else one line naming
+        ``source`` and the key."""
+        key = f"{CONFIG_KEY}.{name}"
+        if name not in RANGES:
+            raise BoxSupError(f"{source}: unknown config key {key!r}")
+        try:
+            number = checked_number(key, value, cls.__dataclass_fields__[name].default)
+        except BoxSupError as exc:
+            raise BoxSupError(f"{source}: {exc}") from None
+        if number not in RANGES[name]:
+            raise BoxSupError(f"{source}: config key {key}: {RANGES[name].describe()}, got {number!r}")
+        return number
+
+    @classmethod
+    def of_config(cls, config: dict[str, Any] | None, source: str = "config") -> CRFParams:
         """A run config's ``eval.crf_params`` (DeepLab's where it has none, as in runs from before the keys
-        existed), then ``--set`` ``overrides``, validated; ``source`` names the config in an error."""
-        return cls.from_settings(crf_settings(config, list(overrides), source))
+        existed), every value checked (:meth:`checked`); ``source`` names the config in an error."""
+        section = config.get("eval") if isinstance(config, dict) else None
+        params = section.get("crf_params") if isinstance(section, dict) else None
+        if params is not None and not isinstance(params, dict):
+            raise BoxSupError(f"{source}: config key {CONFIG_KEY}: expected a mapping, got {params!r}")
+        return cls(**{name: cls.checked(name, value, source) for name, value in (params or {}).items()})
 
     def settings(self) -> dict[str, Any]:
         """As the ``eval.crf_params`` mapping of a config."""
@@ -52,6 +75,10 @@ class CRFParams:
     def describe(self) -> str:
         """One line: ``bi_w=4 bi_xy_std=121 ...``."""
         return " ".join(f"{key}={value:g}" for key, value in self.settings().items())
+
+
+# The values each parameter accepts: every kernel weight, std and the iteration count is > 0.
+RANGES: dict[str, Range] = {f.name: POSITIVE for f in fields(CRFParams)}
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams | None = None) -> np.ndarray:

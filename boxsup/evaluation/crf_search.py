@@ -7,7 +7,6 @@ kept. Optionally the CRF runs in worker processes (one image's whole grid per ta
 
 from __future__ import annotations
 
-import copy
 import itertools
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -15,11 +14,11 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
+import yaml
 from tqdm import tqdm
 
-from boxsup.config import DEFAULTS, parse_override, set_key
 from boxsup.errors import BoxSupError
-from boxsup.evaluation.crf import CRFParams, dense_crf
+from boxsup.evaluation.crf import CONFIG_KEY, CRFParams, dense_crf
 from boxsup.evaluation.metrics import ConfusionMatrix, SegmentationScores
 
 if TYPE_CHECKING:
@@ -32,14 +31,15 @@ DEFAULT_GRID: dict[str, list[float]] = {
 }
 
 PARAM_NAMES = tuple(f.name for f in fields(CRFParams))
-_PREFIX = "eval.crf_params."
+_PREFIX = f"{CONFIG_KEY}."
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
     """``["bi_w=3,4,5", "iterations=5,10"]`` -> ``{"bi_w": [3.0, 4.0, 5.0], "iterations": [5, 10]}``.
 
-    Names are ``eval.crf_params`` keys (the prefix may be given); every value is checked as that
-    config key would be. A name given twice, or without values, is a one-line error.
+    Names are ``eval.crf_params`` keys (the prefix may be given); every value is read as YAML and checked
+    as that config key would be (``CRFParams.checked``). A name given twice, or without values, is a
+    one-line error.
     """
     grid: dict[str, list[Any]] = {}
     for spec in specs:
@@ -56,12 +56,18 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
         for text in (part.strip() for part in raw.split(",")):
             if not text:
                 raise BoxSupError(f"{source}: an empty value; write NAME=V1,V2,...")
-            cfg = copy.deepcopy(DEFAULTS)
-            set_key(cfg, _PREFIX + name, parse_override(f"{name}={text}")[1], source)
-            if (value := cfg["eval"]["crf_params"][name]) not in values:
+            if (value := CRFParams.checked(name, _yaml_value(f"{name}={text}", text), source)) not in values:
                 values.append(value)
         grid[name] = values
     return grid
+
+
+def _yaml_value(spec: str, text: str) -> Any:
+    """One grid value read as YAML (as ``--set`` reads its values: ``1e-3`` stays a string for the check)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise BoxSupError(f"--set {spec!r}: value is not valid YAML") from None
 
 
 def grid_points(base: CRFParams, grid: dict[str, list[Any]]) -> list[CRFParams]:

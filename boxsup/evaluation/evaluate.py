@@ -1,26 +1,30 @@
-"""Evaluating a network on a labelled split, from a live model or a saved checkpoint."""
+"""Evaluating a network on a labelled split, from a live model or a saved checkpoint.
+
+A checkpoint comes in read (``boxsup.serving.trained_model.read_checkpoint``: a path, a URI or an
+MLflow model), with its CRF settings; a run config comes in loaded. Nothing here opens either.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from boxsup.config import load_config, read_class_file, resolve_classes
+from boxsup.data.classes import read_class_file
 from boxsup.data.dataset import SegmentationDataset
-from boxsup.data.sources import open_source, source_specs
+from boxsup.data.sources import open_source, resolve_classes, source_specs
 from boxsup.data.voc import VOCDataset
 from boxsup.errors import BoxSupError
 from boxsup.evaluation.crf import CRFParams
 from boxsup.evaluation.inference import predict_label_map
-from boxsup.evaluation.metrics import ConfusionMatrix, SegmentationScores
+from boxsup.evaluation.metrics import ConfusionMatrix
 from boxsup.evaluation.trimap import TrimapConfusion
 from boxsup.models import on_device
-from boxsup.models.checkpoint import load_checkpoint, network_from_checkpoint
+from boxsup.models.checkpoint import network_from_checkpoint
 
 
 def evaluate(
@@ -81,7 +85,7 @@ def _predictions(
 def check_prediction_size(dataset: SegmentationDataset, image_id: str, shape: tuple[int, ...], mask: np.ndarray) -> None:
     """A mask of another size than its image (hence the prediction) is the dataset's fault: one line naming it."""
     if shape[-2:] != mask.shape:
-        raise BoxSupError(f"{dataset.mask_path(image_id)}: mask is {mask.shape[1]}x{mask.shape[0]} but the image "
+        raise BoxSupError(f"{dataset.mask_location(image_id)}: mask is {mask.shape[1]}x{mask.shape[0]} but the image "
                           f"(and its prediction) is {shape[-1]}x{shape[-2]}")
 
 
@@ -112,13 +116,13 @@ class CheckpointModel:
 @dataclass(frozen=True)
 class EvalData:
     """The labelled split a saved model is scored on: ``root``'s ``split`` in the VOC layout, or the
-    ``data.val`` source of the run config ``config`` (any format: COCO, SBD, PASCAL-CONTEXT...), with
-    ``overrides`` (``--set KEY=VALUE`` texts) applied to that config."""
+    ``data.val`` source of the loaded run config ``config`` (any format: COCO, SBD, PASCAL-CONTEXT...),
+    which messages call ``config_name`` (its file)."""
 
     root: str | Path | None = None
     split: str = "val"
-    config: str | Path | None = None
-    overrides: tuple[str, ...] = ()
+    config: dict[str, Any] | None = None
+    config_name: str = "the config"
 
     def open(self, checkpoint: str | Path, classes: tuple[str, ...]) -> SegmentationDataset:
         """The split's reader for a model trained on ``classes``, its annotations checked as a run checks its
@@ -134,37 +138,21 @@ class EvalData:
             dataset = VOCDataset(self.root, self.split, classes)
             dataset.scored = True
             return dataset
-        cfg = load_config(self.config, list(self.overrides))
-        configured = resolve_classes(cfg)
+        configured = resolve_classes(self.config)
         if configured != classes:
-            raise BoxSupError(f"{checkpoint}: the model was trained for classes {', '.join(classes)} but {self.config} "
-                              f"resolves to {', '.join(configured)}")
-        return open_source(source_specs(cfg["data"])[1], classes, scored=True)
+            raise BoxSupError(f"{checkpoint}: the model was trained for classes {', '.join(classes)} but "
+                              f"{self.config_name} resolves to {', '.join(configured)}")
+        return open_source(source_specs(self.config["data"])[1], classes, scored=True)
 
 
-def open_checkpoint(checkpoint: str | Path, data: EvalData, crf_overrides: Sequence[str] = ()) -> CheckpointModel:
-    """Load ``checkpoint`` for the split ``data`` names; the class list comes from the checkpoint.
-
-    A dataset with a ``classes.txt`` (or a config) must give the same classes. The CRF settings are the
-    checkpoint config's ``eval.crf_params`` (defaults where it has none), then ``crf_overrides`` (``--set`` texts).
-    """
-    state = load_checkpoint(checkpoint)
-    crf_params = CRFParams.of_config(state["config"], crf_overrides, f"{checkpoint} (its config)")
-    classes = tuple(state["classes"])
-    dataset = data.open(checkpoint, classes)
-    model = network_from_checkpoint(state, str(checkpoint))
+def checkpoint_model(state: dict[str, Any], source: str, data: EvalData, crf_params: CRFParams) -> CheckpointModel:
+    """A read checkpoint ``state`` (``source`` names it) ready to score on the split ``data`` names, with
+    ``crf_params``. The class list comes from the checkpoint; a dataset with a ``classes.txt`` (or a
+    config) must give the same classes, which is checked before the network is built from the state."""
+    dataset = data.open(source, tuple(state["classes"]))
+    model = network_from_checkpoint(state, source)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return CheckpointModel(str(checkpoint), on_device(model, device), dataset, device, crf_params)
-
-
-def evaluate_checkpoint(
-    checkpoint: str | Path, root: str | Path, split: str, scales: tuple[float, ...] = (1.0,), crf: bool = False,
-    crf_overrides: Sequence[str] = (),
-) -> tuple[SegmentationScores, list[str]]:
-    """Scores of a saved model on ``root``'s ``split`` (see :func:`open_checkpoint`), and the class names."""
-    loaded = open_checkpoint(checkpoint, EvalData(root, split), crf_overrides)
-    confusion = evaluate(loaded.model, loaded.dataset, loaded.device, scales, crf, crf_params=loaded.crf_params)
-    return confusion.compute(), loaded.class_names
+    return CheckpointModel(source, on_device(model, device), dataset, device, crf_params)
 
 
 def checkpoint_labels(paths: Sequence[str | Path]) -> list[str]:

@@ -19,15 +19,17 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from boxsup.config import flatten, label_update_settings, parse_override, resolve_classes, set_key
+from boxsup.assign.assigner import AssignmentSpec
+from boxsup.assign.rule import LabelUpdateRule
+from boxsup.config import flatten, parse_override, set_key
 from boxsup.data.annotations import ImageAnnotation, Supervision
 from boxsup.data.dataset import SegmentationDataset, UnionDataset, skip_summary
-from boxsup.data.sources import build_datasets, training_annotations
+from boxsup.data.sources import build_datasets, resolve_classes, training_annotations
 from boxsup.errors import BoxSupError
 from boxsup.models import check_model_settings, model_from_config
 from boxsup.proposals.generate import MAX_SIDE, build_store, store_meta
 from boxsup.proposals.store import ORIGIN_KEYS, ProposalStore
-from boxsup.platform.assign_pool import AssignmentSpec, LocalAssignmentPool
+from boxsup.platform.assign_pool import LocalAssignmentPool
 from boxsup.platform.context import LocalContext
 from boxsup.platform.proposal_tasks import build_store_on_ray
 from boxsup.platform.ray_train import fit_with_ray, init_ray
@@ -35,9 +37,9 @@ from boxsup.platform.guard import driver_guard
 from boxsup.platform.tracking import (RunLogger, check_tracking_store, end_run, reopen_run, start_run,
                                       tracking_uri)
 from boxsup.serving.mlflow_model import log_run_model
-from boxsup.trainers.faults import fault_from_env
 from boxsup.trainers.job import TrainingJob
 from boxsup.trainers.loop import USER_ERROR_FILE, train_worker
+from boxsup.utils.faults import fault_from_env
 from boxsup.utils.storage import Location, canonical, check_output_location, join, open_location
 
 log = logging.getLogger(__name__)
@@ -197,7 +199,7 @@ def run_boxsup(
         run_files = open_location(run_dir)
         refuse_taken(run_files, run_dir)  # early, before the data is read; claimed for good below
     classes = resolve_classes(cfg)
-    label_update_settings(cfg)  # a combination the label update cannot use stops here
+    LabelUpdateRule.from_config(cfg)  # a combination the label update cannot use stops here
     check_model_settings(cfg["model"]["backbone"], cfg["model"]["weights"], cfg["model"].get("output_stride"))
     check_weights_file(cfg["model"], classes)
     train_data, val_data = build_datasets(cfg, classes)
@@ -416,17 +418,8 @@ def train(
     if box_ids:
         complete_store(store, cfg, train_data, progress, box_ids)
     fault = fault_from_env(str(run_dir))
-    a, rule = cfg["assign"], label_update_settings(cfg)
-    spec = AssignmentSpec(cfg["data"], classes, str(store.root),
-                          join(run_dir, "labels"), a["lam"], a["k"], cfg["seed"], cache_mb=a["cache_mb"],
-                          trust_margin=rule["trust_margin"], lam_ramp=rule["lam_ramp"],
-                          first_network_round=a["warmup_epochs"], region_cost=rule["region_cost"],
-                          consensus=rule["consensus"],
-                          consensus_margin=rule["consensus_margin"],
-                          sample_margin=float("inf") if rule["sample_margin"] is None else rule["sample_margin"],
-                          void_k=rule["void_k"], greedy_round0=rule["greedy_round0"],
-                          greedy_from=cfg["train"]["lr_step"] if rule["greedy_after_lr_step"] else None,
-                          fault=fault)
+    spec = AssignmentSpec(cfg["data"], classes, str(store.root), join(run_dir, "labels"),
+                          LabelUpdateRule.from_config(cfg), cfg["seed"], cache_mb=cfg["assign"]["cache_mb"], fault=fault)
     job = TrainingJob(cfg, annotations, str(run_dir), spec.label_store, spec.proposal_store,
                       RunLogger(cfg["tracking"]["uri"], record["mlflow_run_id"]), progress=progress, fault=fault,
                       driver_pid=os.getpid())

@@ -15,9 +15,10 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from boxsup.assign.assigner import AssignmentSpec
 from boxsup.data.annotations import Supervision
 from boxsup.errors import BoxSupError
-from boxsup.platform.assign_pool import AssignmentPool, AssignmentSpec, LocalAssignmentPool
+from boxsup.platform.assign_pool import AssignmentPool, LocalAssignmentPool
 from boxsup.platform.context import RayTrainContext
 from boxsup.platform.guard import driver_guard
 from boxsup.trainers.job import TrainingJob

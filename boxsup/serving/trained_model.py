@@ -2,7 +2,8 @@
 
 Every way in reads the same file, ``checkpoint.pt`` (state dict, class names, run config), with
 torch's weights-only unpickler and rebuilds the network from the config's ``model.backbone``:
-nothing in a model file can run code.
+nothing in a model file can run code. This is the one place a saved model is opened:
+``boxsup eval``, ``predict``, ``export`` and the MLflow model all come through ``read_checkpoint``.
 """
 
 from __future__ import annotations
@@ -61,8 +62,15 @@ def model_from_checkpoint(state: dict[str, Any], source: str) -> TrainedModel:
 
 
 def load_trained_model(source: str | Path, tracking_uri: str | None = None) -> TrainedModel:
-    """The model in ``source``: a checkpoint path or URI, ``runs:/<run id>/model`` (or a run's checkpoint
-    artifact), ``models:/NAME/VERSION``, or a folder holding a downloaded boxsup MLflow model.
+    """The model in ``source`` (any of :func:`read_checkpoint`'s), its network built."""
+    return model_from_checkpoint(read_checkpoint(source, tracking_uri), str(source))
+
+
+def read_checkpoint(source: str | Path, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The checkpoint (``model``, ``classes``, ``config``; see ``boxsup.models.checkpoint.load_checkpoint``) in
+    ``source``: a checkpoint path or URI, ``runs:/<run id>/model`` (or a run's checkpoint artifact),
+    ``models:/NAME/VERSION``, or a folder holding a downloaded boxsup MLflow model. The network is not
+    built yet (``model_from_checkpoint``), so a caller can check the classes first.
 
     ``tracking_uri`` is the MLflow store that ``runs:/`` and ``models:/`` URIs are looked up in.
     """
@@ -71,11 +79,11 @@ def load_trained_model(source: str | Path, tracking_uri: str | None = None) -> T
         with tempfile.TemporaryDirectory() as tmp:
             local = _download_model(text, tracking_uri, Path(tmp))
             if local.is_file():  # a run's checkpoint artifact: runs:/<id>/checkpoint/checkpoint.pt
-                return model_from_checkpoint(load_checkpoint(local), text)
-            return _from_model_folder(local, text)
+                return load_checkpoint(local)
+            return load_checkpoint(model_checkpoint_file(local, text))
     if Path(text).is_dir() and (Path(text) / "MLmodel").is_file():
-        return _from_model_folder(Path(text), text)
-    return model_from_checkpoint(load_checkpoint(text), text)
+        return load_checkpoint(model_checkpoint_file(Path(text), text))
+    return load_checkpoint(text)
 
 
 def model_checkpoint_file(folder: Path, source: str) -> Path:
@@ -90,10 +98,6 @@ def model_checkpoint_file(folder: Path, source: str) -> Path:
         raise BoxSupError(f"{source}: not a boxsup MLflow model (its python_function loader is "
                           f"{flavor.get('loader_module')!r}, not {LOADER_MODULE})")
     return folder / flavor["data"]
-
-
-def _from_model_folder(folder: Path, source: str) -> TrainedModel:
-    return model_from_checkpoint(load_checkpoint(model_checkpoint_file(folder, source)), source)
 
 
 def _download_model(uri: str, tracking_uri: str | None, into: Path) -> Path:

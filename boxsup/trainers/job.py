@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from boxsup.data.annotations import ImageAnnotation
-from boxsup.trainers.faults import Fault
+from boxsup.utils.faults import Fault
 
 
 class MetricsSink(Protocol):

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from boxsup.assign.diagnostics import ChoiceDiagnostics
-from boxsup.config import label_update_settings
+from boxsup.assign.rule import LabelUpdateRule
 from boxsup.data.annotations import ImageAnnotation, Supervision
 from boxsup.data.label_store import LabelStore
 from boxsup.data.dataset import SegmentationDataset
@@ -47,12 +47,12 @@ from boxsup.models.checkpoint import non_finite_names
 from boxsup.models.precision import FP32, Precision, resolve_precision
 from boxsup.trainers.artifacts import publish
 from boxsup.trainers.epoch import EpochLoss, batch_log_probs, train_one_epoch
-from boxsup.trainers.faults import Fault, kill
 from boxsup.trainers.job import MetricsSink, TrainingJob, WorkerContext
 from boxsup.trainers.label_rounds import figure_rounds, planned_rounds, rounds_to_delete
 from boxsup.trainers.label_inputs import SplitAtomCache, label_round_batches, same_size_groups
 from boxsup.trainers.weight_average import WeightAverage
 from boxsup.trainers.training_set import EpochSampler, TrainingSet, loader_workers
+from boxsup.utils.faults import Fault, kill
 from boxsup.utils.storage import open_location
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def label_round(
     reported = reported if reported is not None else set()
     cfg, pool = job.config, job.pool
     kind = cfg["assign"]["pixel_cost"]
-    flip = label_update_settings(cfg)["score_flip"]
+    flip = LabelUpdateRule.from_config(cfg).score_flip
     train = cfg.get("train", {})
     use_network = model is not None and cfg["assign"]["lam"] != 0
     mine = box_images[ctx.rank :: ctx.world]
@@ -268,7 +268,7 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
     optimizer = torch.optim.SGD(parameter_groups(model, t["lr"]), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t["lr_step"], gamma=t["lr_gamma"])
     start_epoch, label_round_index, labelled = 0, 0, []
-    decay = label_update_settings(cfg)["ema"]
+    decay = LabelUpdateRule.from_config(cfg).ema
     average = WeightAverage(model, decay) if decay > 0 else None
     state = ctx.load_checkpoint()
     if state is not None:
@@ -399,7 +399,7 @@ def stop_if_diverged(ctx: WorkerContext, model: torch.nn.Module, loss: EpochLoss
 
 
 def inject_fault(fault: Fault, epoch: int, driver_pid: int | None) -> None:
-    """Rank 0's test hooks after epoch ``epoch`` is checkpointed and logged (see ``boxsup.trainers.faults``)."""
+    """Rank 0's test hooks after epoch ``epoch`` is checkpointed and logged (see ``boxsup.utils.faults``)."""
     if fault.fires("raise", epoch):
         raise RuntimeError(f"injected failure after epoch {epoch} (BOXSUP_FAULT)")
     if driver_pid and fault.fires("kill-driver", epoch):
