@@ -6,9 +6,13 @@ For each backbone, precision and layout, images/s of
   (b) the project's epoch: ``train_one_epoch`` over the loop's DataLoader of ``TrainingSet`` (VOC-size
       JPEGs, random crops, label maps from a ``LabelStore``); channels-last only, the layout it feeds;
   (c) a label round: ``boxsup.trainers.loop.label_round`` itself (loader workers, ``batch_log_probs``,
-      ``SplitAtoms.mean_costs`` on the device, the in-process assignment pool), per image, cold
-      (first round: atom maps split, pools loaded) and warm (both cached, as in later rounds);
-  (d) the loader alone: ``TrainingSet`` through a DataLoader with 0, 1, 2, 4 worker processes.
+      ``reduce_to_atoms`` on the device, the in-process assignment pool), per image, cold (first
+      round: atom maps split, pools loaded) and warm (both cached, as in later rounds), with the
+      seconds spent waiting for the loader and in the assignment;
+  (d) the loader alone: ``TrainingSet`` through a DataLoader with 0, 1, 2, 4 worker processes;
+  (e) the label round's network pass alone (whole images and their mirror images, in memory): the
+      bound (c) can reach, with cuDNN's benchmark mode off (as the round runs) and on;
+  (p) a profiled training step: the operators taking the device's time.
 MFU = FLOPs per image (``FlopCounterMode`` over one fp32 training step) x images/s / ``--peak``.
 Timed regions start after warm-up steps and read the clock after a device synchronisation.
 
@@ -44,6 +48,7 @@ from boxsup.data.label_store import LabelStore
 from boxsup.data.synth import SynthSample, synth_sample, tight_box, write_synthetic_dataset
 from boxsup.data.voc import VOC_CLASSES, VOCDataset
 from boxsup.models import model_from_config, on_device, parameter_groups
+from boxsup.models.kernels import configure_kernels
 from boxsup.models.precision import Precision, resolve_precision
 from boxsup.trainers.epoch import sgd_step, train_one_epoch
 from boxsup.trainers.training_set import EpochSampler, TrainingSet, loader_workers
@@ -85,7 +90,7 @@ TINY = Sizes(("small",), batch=4, crop=64, height=60, width=80, steps=3, warmup=
 class Row:
     """One measurement."""
 
-    part: str  # a | b | c-cold | c-warm | d
+    part: str  # a | b | c-cold | c-warm | d | e
     backbone: str = ""
     precision: str = ""
     layout: str = ""
@@ -179,11 +184,13 @@ def flops_per_image(backbone: str, sizes: Sizes, num_classes: int, device: torch
 
 
 def time_plain(backbone: str, precision: Precision, channels_last: bool, sizes: Sizes, num_classes: int,
-               device: torch.device) -> tuple[float, float]:
-    """(a): images/s and peak GPU memory (GiB) of ``steps`` plain steps after ``warmup``."""
+               device: torch.device, compiled: bool = False) -> tuple[float, float]:
+    """(a): images/s and peak GPU memory (GiB) of ``steps`` plain steps after ``warmup`` (with ``compiled``,
+    of the network under ``torch.compile``, as ``train.compile`` runs it; the warm-up compiles)."""
     model = build(backbone, num_classes, device, channels_last)
     model.train()
     optimizer, scaler = sgd(model), precision.grad_scaler(device)
+    model = torch.compile(model) if compiled else model
     images, targets = random_batch(sizes, num_classes, device, channels_last)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -296,18 +303,21 @@ def label_setup(root: Path, sizes: Sizes, work: Path) -> tuple[dict, list, VOCDa
 def time_label_rounds(backbone: str, precisions: list[Precision], setup, sizes: Sizes, num_classes: int,
                       device: torch.device, work: Path) -> list[Row]:
     """(c): ``label_round`` once cold (first precision) and then warm for every precision."""
-    from boxsup.platform.assign_pool import AssignmentSpec, LocalAssignmentPool
+    import boxsup.trainers.loop as loop
+    from boxsup.assign.assigner import AssignmentSpec
+    from boxsup.assign.rule import LabelUpdateRule
+    from boxsup.platform.assign_pool import LocalAssignmentPool
     from boxsup.platform.context import LocalContext
     from boxsup.trainers.job import TrainingJob
     from boxsup.trainers.label_inputs import SplitAtomCache
-    from boxsup.trainers.loop import label_round
 
     cfg, annotations, dataset = setup
-    a = cfg["assign"]
     run_dir = work / f"run-{backbone}"
-    spec = AssignmentSpec(cfg["data"], VOC_CLASSES, str(work / "store"), str(run_dir / "labels"), a["lam"], a["k"],
-                          cfg["seed"])
+    spec = AssignmentSpec(cfg["data"], VOC_CLASSES, str(work / "store"), str(run_dir / "labels"),
+                          LabelUpdateRule.from_config(cfg), cfg["seed"])
     pool = TimedPool(LocalAssignmentPool(spec))
+    batches = TimedBatches(loop.label_round_batches)
+    loop.label_round_batches = batches  # the loader's share of a round: the time label_round waits for it
     cache = SplitAtomCache(int(cfg["train"]["label_cache_mb"] * 2**20))
     ctx = LocalContext(run_dir, device)
     model = build(backbone, num_classes, device, channels_last=True)
@@ -315,10 +325,10 @@ def time_label_rounds(backbone: str, precisions: list[Precision], setup, sizes: 
     for position, precision in enumerate(precisions):
         job = TrainingJob(cfg, annotations, str(run_dir), spec.label_store, spec.proposal_store, logger=None, pool=pool)
         for part in ("c-cold", "c-warm") if position == 0 else ("warm-up", "c-warm"):  # warm-up: cudnn's tuning
-            pool.seconds = 0.0
+            pool.seconds = batches.waited = batches.first = 0.0
             sync(device)
-            summary = label_round(ctx, job, model, round_index, annotations, dataset, False, cache=cache,
-                                      precision=precision)
+            summary = loop.label_round(ctx, job, model, round_index, annotations, dataset, False, cache=cache,
+                                       precision=precision)
             sync(device)
             round_index += 1
             if part == "warm-up":
@@ -326,9 +336,88 @@ def time_label_rounds(backbone: str, precisions: list[Precision], setup, sizes: 
             n = len(summary.labelled)
             rows.append(Row(part, backbone, precision.name, "channels-last", n / summary.seconds, extra={
                 "images": n, "seconds": summary.seconds, "assign_seconds": pool.seconds,
-                "network_and_reduction_seconds": summary.seconds - pool.seconds,
+                "loader_wait_seconds": batches.waited, "first_batch_seconds": batches.first,
+                "network_and_reduction_seconds": summary.seconds - pool.seconds - batches.waited,
                 "proposals": sizes.label_proposals, "skipped": sum(summary.skipped.values())}))
+    loop.label_round_batches = batches.make
     return rows
+
+
+class TimedBatches:
+    """``label_round_batches`` that counts the seconds its caller waits for the loader (and for the first batch)."""
+
+    def __init__(self, make: Callable):
+        self.make, self.waited, self.first = make, 0.0, 0.0
+
+    def __call__(self, *args, **kwargs) -> Iterator:
+        batches = iter(self.make(*args, **kwargs))  # a generator: the DataLoader starts at the first next()
+        first = True
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            waited = time.perf_counter() - started
+            self.waited += waited
+            if first:
+                self.first, first = waited, False
+            if batch is None:
+                return
+            yield batch
+
+
+def forward_flops_per_image(backbone: str, sizes: Sizes, num_classes: int, device: torch.device) -> float:
+    """FLOPs of the label round's network pass over one whole image (height x width) and its mirror image."""
+    model = build(backbone, num_classes, device, channels_last=True).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.randn(2, 3, sizes.height, sizes.width, device=device).contiguous(memory_format=torch.channels_last))
+    return counter.get_total_flops()
+
+
+def time_forward(backbone: str, precision: Precision, sizes: Sizes, num_classes: int, device: torch.device,
+                 tuned: bool) -> float:
+    """(e): images/s of the label round's network pass alone (batches of whole images and their mirror
+    images, no loading, no reduction): the bound a label round can reach; cuDNN benchmark mode on or off."""
+    model = build(backbone, num_classes, device, channels_last=True).eval()
+    images = torch.randn(2 * sizes.batch, 3, sizes.height, sizes.width, device=device)
+    images = images.contiguous(memory_format=torch.channels_last)
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = tuned
+    try:
+        with torch.no_grad(), precision.autocast(device):
+            for _ in range(max(1, sizes.warmup // 2)):
+                model(images)
+            sync(device)
+            started = time.perf_counter()
+            for _ in range(sizes.steps // 2 or 1):
+                model(images)
+            sync(device)
+    finally:
+        torch.backends.cudnn.benchmark = previous
+    return (sizes.steps // 2 or 1) * sizes.batch / (time.perf_counter() - started)
+
+
+def profile_step(backbone: str, precision: Precision, sizes: Sizes, num_classes: int, device: torch.device,
+                 top: int = 12) -> list[dict[str, Any]]:
+    """(p): where a channels-last training step's device time goes: the ``top`` operators by self time
+    (per input shape, so each convolution layer is its own row) over 3 profiled steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build(backbone, num_classes, device, channels_last=True)
+    optimizer, scaler = sgd(model), precision.grad_scaler(device)
+    images, targets = random_batch(sizes, num_classes, device, channels_last=True)
+    for _ in range(2):
+        sgd_step(model, optimizer, images, targets, precision, scaler)
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(3):
+            sgd_step(model, optimizer, images, targets, precision, scaler)
+        sync(device)
+    attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: getattr(e, attribute), reverse=True)
+    total = sum(getattr(e, attribute) for e in events) or 1.0
+    return [{"op": e.key, "shapes": str(e.input_shapes)[:160], "ms_per_step": getattr(e, attribute) / 3e3,
+             "share": getattr(e, attribute) / total} for e in events[:top]]
 
 
 def device_description(device: torch.device) -> dict[str, Any]:
@@ -356,7 +445,11 @@ def projection(rows: list[Row], backbone: str, precision: str) -> dict[str, Any]
     round_s = VOC_TRAIN_IMAGES * per_image
     actors = max(1, (os.cpu_count() or 1) - 4)  # the cores beside one GPU worker's 4 loader processes
     round_actors_s = VOC_TRAIN_IMAGES * (per_image - assign_per_image + assign_per_image / actors)
+    bound = next((r for r in rows if r.part == "e" and r.backbone == backbone and r.precision == precision
+                  and not r.extra["cudnn_benchmark"]), None)
+    bound_s = VOC_TRAIN_IMAGES / bound.images_per_s if bound is not None else math.nan
     return {"backbone": backbone, "precision": precision, "epoch_s": epoch_s, "label_round_s": round_s,
+            "network_alone_s": bound_s, "network_alone_share": bound_s / epoch_s,
             "label_round_share": round_s / epoch_s, "actors": actors, "label_round_s_with_actors": round_actors_s,
             "label_round_share_with_actors": round_actors_s / epoch_s, "goal_share": 0.10}
 
@@ -397,21 +490,23 @@ def goals(rows: list[Row], projections: list[dict]) -> list[str]:
         out.append(f"label round <= 10% of an epoch's time at VOC scale ({VOC_TRAIN_IMAGES} images), {p['backbone']} "
                    f"{p['precision']}: epoch {p['epoch_s']:.0f} s, round {p['label_round_s']:.0f} s with the in-process "
                    f"assigner = {p['label_round_share']:.0%} of the epoch; with the assignment spread over {p['actors']} "
-                   f"actors {p['label_round_s_with_actors']:.0f} s = {p['label_round_share_with_actors']:.0%} "
+                   f"actors {p['label_round_s_with_actors']:.0f} s = {p['label_round_share_with_actors']:.0%}; the "
+                   f"network pass alone {p['network_alone_s']:.0f} s = {p['network_alone_share']:.0%} "
                    f"{'met' if p['label_round_share_with_actors'] <= 0.1 else 'MISSED'}")
     return out
 
 
-def run(sizes: Sizes, device: torch.device, peak: float, parts: str, out: Path | None) -> dict[str, Any]:
+def run(sizes: Sizes, device: torch.device, peak: float, parts: str, out: Path | None,
+        compiled: bool = False) -> dict[str, Any]:
     """Every part for every backbone and precision; the JSON (written after each part) and the rows."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    configure_kernels(device, deterministic=False)  # as the training loop sets them
     precisions = [resolve_precision(name, device) for name in sizes.precisions]
     num_classes = len(VOC_CLASSES) + 1
     rows: list[Row] = []
     result: dict[str, Any] = {"meta": device_description(device) | {
         "peak_flops": peak, "date": datetime.date.today().isoformat(), "sizes": asdict(sizes)},
-        "flops_per_image": {}, "rows": [], "projections": [], "goals": []}
+        "flops_per_image": {}, "forward_flops_per_image": {}, "rows": [], "projections": [], "goals": [],
+        "profiles": {}}
 
     def save() -> None:
         projections = [p for b in sizes.backbones for name in sizes.precisions if (p := projection(rows, b, name))]
@@ -444,6 +539,14 @@ def run(sizes: Sizes, device: torch.device, peak: float, parts: str, out: Path |
                                         rate, mfu(backbone, rate), {"peak_gib": memory}))
                         print(f"(a) {backbone} {precision.name} {rows[-1].layout}: {rate:.1f} images/s", flush=True)
                         save()
+                    if compiled:
+                        started = time.perf_counter()
+                        rate, memory = time_plain(backbone, precision, True, sizes, num_classes, device, compiled=True)
+                        rows.append(Row("a", backbone, precision.name, "channels-last, compiled", rate,
+                                        mfu(backbone, rate), {"peak_gib": memory,
+                                                              "seconds_with_compilation": time.perf_counter() - started}))
+                        print(f"(a) {backbone} {precision.name} compiled: {rate:.1f} images/s", flush=True)
+                        save()
             if "b" in parts:
                 for precision in precisions:
                     for setting in sizes.epoch_workers:
@@ -453,6 +556,21 @@ def run(sizes: Sizes, device: torch.device, peak: float, parts: str, out: Path |
                         rows.append(Row("b", backbone, precision.name, "channels-last", rate, mfu(backbone, rate), e))
                         print(f"(b) {backbone} {precision.name}: {rate:.1f} images/s, loss {e['loss']:.3f}", flush=True)
                         save()
+            if "e" in parts:
+                result["forward_flops_per_image"][backbone] = forward_flops_per_image(backbone, sizes, num_classes, device)
+                for precision in precisions:
+                    for tuned in (False, True) if device.type == "cuda" else (False,):
+                        rate = time_forward(backbone, precision, sizes, num_classes, device, tuned)
+                        rows.append(Row("e", backbone, precision.name, "channels-last", rate,
+                                        rate * result["forward_flops_per_image"][backbone] / peak,
+                                        {"cudnn_benchmark": tuned, "with_mirror_image": True}))
+                        print(f"(e) {backbone} {precision.name} cudnn benchmark {tuned}: {rate:.1f} images/s", flush=True)
+                        save()
+            if "p" in parts:
+                name = sizes.precisions[-1]
+                result["profiles"][f"{backbone} {name}"] = profile_step(backbone, resolve_precision(name, device), sizes,
+                                                                        num_classes, device)
+                save()
             if "c" in parts:
                 rows += time_label_rounds(backbone, precisions, setup, sizes, num_classes, device, work)
                 print(f"(c) {backbone}: " + ", ".join(f"{r.part} {r.precision} {r.images_per_s:.1f} images/s"
@@ -470,10 +588,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu (always cpu with --tiny)")
     parser.add_argument("--peak", type=float, default=H100_BF16_DENSE,
                         help="peak FLOP/s for MFU (default 989e12: H100/H200 SXM dense bf16)")
-    parser.add_argument("--parts", default="abcd", help="which of a, b, c, d to run")
+    parser.add_argument("--parts", default="abcdep",
+                        help="which of a, b, c, d, e (the label round's network alone), p (a profiled step) to run")
+    parser.add_argument("--compile", action="store_true", help="(a) also with torch.compile, as train.compile runs it")
     parser.add_argument("--steps", type=int, help="timed steps per row (default 20; tiny 3)")
     parser.add_argument("--backbones", nargs="+", help="default: vgg16_largefov deeplabv3_resnet50 (tiny: small)")
     parser.add_argument("--label-images", type=int, help="images of the label round (default 48)")
+    parser.add_argument("--unique-images", type=int, help="JPEGs written (default 64; the label round takes its "
+                                                           "images from them)")
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "fp16", "bf16"),
+                        help="default: fp32 fp16 bf16 (tiny: fp32 bf16)")
     parser.add_argument("--label-proposals", choices=("ss", "grabcut", "rectangles"),
                         help="candidate pools of the label round (default ss where OpenCV has ximgproc, else grabcut)")
     parser.add_argument("--epoch-workers", nargs="+", type=int,
@@ -482,17 +606,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = TINY if args.tiny else FULL
     for name, value in (("steps", args.steps), ("label_images", args.label_images),
-                        ("label_proposals", args.label_proposals)):
+                        ("unique_images", args.unique_images), ("label_proposals", args.label_proposals)):
         if value is not None:
             sizes = replace(sizes, **{name: value})
     if args.backbones:
         sizes = replace(sizes, backbones=tuple(args.backbones))
+    if args.precisions:
+        sizes = replace(sizes, precisions=tuple(args.precisions))
+    if sizes.label_images > sizes.unique_images:
+        parser.error(f"--label-images {sizes.label_images}: at most --unique-images ({sizes.unique_images})")
     if args.epoch_workers:
         sizes = replace(sizes, epoch_workers=tuple(args.epoch_workers))
     device = torch.device("cpu" if args.tiny else args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.tiny:
         torch.set_num_threads(1)
-    result = run(sizes, device, args.peak, args.parts, args.out)
+    result = run(sizes, device, args.peak, args.parts, args.out, args.compile)
     print(markdown(result))
     return 0
 

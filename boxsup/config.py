@@ -83,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
         "label_cache_mb": 1024,  # split atom maps a worker keeps across label rounds (375 KB per VOC image)
         "precision": "auto",  # auto | bf16 | fp16 | fp32; auto: bf16 on a GPU that has it, else fp16; fp32 on a CPU
         "compile": False,  # torch.compile the network (the first epoch pays for the compilation)
+        "deterministic": False,  # CUDA: deterministic kernels, bitwise-repeatable runs and recoveries (slower)
     },
     "eval": {
         "crf": False,

@@ -23,7 +23,7 @@ from boxsup.proposals.pool import CandidatePool, split_atoms_by_boxes
 from boxsup.proposals.store import ProposalStore
 from boxsup.trainers.epoch import batch_log_probs, pixel_costs
 from boxsup.trainers.job import TrainingJob
-from boxsup.trainers.label_inputs import SplitAtomCache, SplitAtoms, size_batches
+from boxsup.trainers.label_inputs import SplitAtomCache, SplitAtoms, reduce_to_atoms, size_batches
 from boxsup.trainers.loop import label_round
 from conftest import voc_data_section
 
@@ -193,13 +193,31 @@ def test_the_split_cache_stays_within_its_bytes(tmp_path):
     assert len(cache) == 3 and cache.get("im4") is None and cache.get("im0") is splits["im0"]
 
 
+def batch_of_splits(tmp_path, n: int = 4):
+    ds, anns, store = make_data(tmp_path)
+    anns = [a for a in anns if (a.height, a.width) == (40, 48) and a.boxes][:n]
+    splits = [SplitAtoms.build(store.load_atoms(a.image_id), a) for a in anns]
+    log_probs = torch.log_softmax(torch.randn(len(anns), ds.num_classes, 40, 48, dtype=torch.float64), 1).float()
+    return splits, log_probs
+
+
+def test_a_batch_reduction_gives_each_image_its_own_means(tmp_path):
+    """``reduce_to_atoms`` lays every image's (label, atom) sums side by side: each image gets back exactly
+    what it gets alone, whatever the other images' label sets and atom counts."""
+    splits, log_probs = batch_of_splits(tmp_path)
+    assert len({len(s.loss_labels) for s in splits}) > 1 or len({len(s.areas) for s in splits}) > 1
+    together = reduce_to_atoms(splits, log_probs, "xent").means()
+    for split, image_log_probs, means in zip(splits, log_probs, together):
+        np.testing.assert_array_equal(means, split.mean_costs(image_log_probs, "xent"))
+        assert means.shape == (len(split.areas), len(split.loss_labels)) and means.dtype == np.float16
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_the_device_reduction_matches_the_cpu_one(tmp_path):
-    ds, anns, store = make_data(tmp_path)
-    log_probs = torch.log_softmax(torch.randn(ds.num_classes, 40, 48, dtype=torch.float64), 0).float()
-    split = SplitAtoms.build(store.load_atoms("im0"), anns[0])
-    cpu, gpu = split.mean_costs(log_probs), split.mean_costs(log_probs.cuda())
-    np.testing.assert_array_equal(cpu, gpu)
+    splits, log_probs = batch_of_splits(tmp_path)
+    np.testing.assert_array_equal(splits[0].mean_costs(log_probs[0]), splits[0].mean_costs(log_probs[0].cuda()))
+    for cpu, gpu in zip(reduce_to_atoms(splits, log_probs).means(), reduce_to_atoms(splits, log_probs.cuda()).means()):
+        np.testing.assert_array_equal(cpu, gpu)
 
 
 def test_the_chosen_gt_iou_is_the_full_tables_entry(tmp_path):

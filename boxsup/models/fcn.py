@@ -9,6 +9,7 @@ layer) under ``classifier``; :func:`parameter_groups` relies on it.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import pickle
@@ -24,6 +25,7 @@ from torchvision.models import VGG16_Weights
 from torchvision.models._api import WeightsEnum
 
 from boxsup.errors import BoxSupError
+from boxsup.models.kernels import upsample_logits
 from boxsup.models.torchvision_backbones import (
     TORCHVISION_BACKBONES,
     TorchvisionBackbone,
@@ -59,9 +61,16 @@ def normalize_image(image_uint8_hwc: np.ndarray) -> torch.Tensor:
 def normalize_batch(images: torch.Tensor) -> torch.Tensor:
     """uint8 RGB images (N, 3, H, W) as float32, normalised with ImageNet mean/std, on their own device
     (a training batch travels to the GPU as uint8, a quarter of the bytes, and is normalised there)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = _imagenet_stats(images.device)
     return (images.float().div_(255.0) - mean) / std
+
+
+@functools.lru_cache(maxsize=8)
+def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std (1, 3, 1, 1) on ``device``, made once: a tensor made from Python numbers on a GPU
+    is a copy the host waits for, which would stall every training step."""
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
 
 
 class LargeFOV(nn.Module):
@@ -204,7 +213,7 @@ def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, dilation
 
 
 def _upsample_to(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return upsample_logits(logits, tuple(images.shape[-2:]))
 
 
 def _init_weights(model: nn.Module) -> None:

@@ -27,6 +27,7 @@ from boxsup.data.dataset import SegmentationDataset, UnionDataset, skip_summary
 from boxsup.data.sources import build_datasets, resolve_classes, training_annotations
 from boxsup.errors import BoxSupError
 from boxsup.models import check_model_settings, model_from_config
+from boxsup.models.kernels import check_deterministic_backbone
 from boxsup.proposals.generate import MAX_SIDE, build_store, store_meta
 from boxsup.proposals.store import ORIGIN_KEYS, ProposalStore
 from boxsup.platform.assign_pool import LocalAssignmentPool
@@ -201,6 +202,8 @@ def run_boxsup(
     classes = resolve_classes(cfg)
     LabelUpdateRule.from_config(cfg)  # a combination the label update cannot use stops here
     check_model_settings(cfg["model"]["backbone"], cfg["model"]["weights"], cfg["model"].get("output_stride"))
+    if cfg["train"].get("deterministic"):
+        check_deterministic_backbone(cfg["model"]["backbone"])
     check_weights_file(cfg["model"], classes)
     train_data, val_data = build_datasets(cfg, classes)
     annotations = training_annotations(cfg, train_data)

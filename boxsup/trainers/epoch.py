@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from boxsup.data.annotations import IGNORE
 from boxsup.models import normalize_batch, normalize_image
+from boxsup.models.kernels import pixel_cross_entropy
 from boxsup.models.precision import FP32, Precision
 
 
@@ -67,7 +68,7 @@ def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: t
     (IGNORE pixels left out), backward (scaled when there is a ``scaler``), update; the loss, detached."""
     with precision.autocast(images.device):
         logits = model(images)
-    loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
+    loss = pixel_cross_entropy(logits, targets, IGNORE)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()

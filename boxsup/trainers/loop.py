@@ -44,12 +44,20 @@ from boxsup.evaluation.figures import confusion_figure, label_evolution_figure
 from boxsup.evaluation.metrics import ConfusionMatrix
 from boxsup.models import model_from_config, on_device, parameter_groups
 from boxsup.models.checkpoint import non_finite_names
+from boxsup.models.kernels import configure_kernels, untuned_cudnn
 from boxsup.models.precision import FP32, Precision, resolve_precision
 from boxsup.trainers.artifacts import publish
 from boxsup.trainers.epoch import EpochLoss, batch_log_probs, train_one_epoch
 from boxsup.trainers.job import MetricsSink, TrainingJob, WorkerContext
 from boxsup.trainers.label_rounds import figure_rounds, planned_rounds, rounds_to_delete
-from boxsup.trainers.label_inputs import SplitAtomCache, label_round_batches, same_size_groups
+from boxsup.trainers.label_inputs import (
+    AtomSums,
+    SplitAtomCache,
+    device_images,
+    label_round_batches,
+    reduce_to_atoms,
+    same_size_groups,
+)
 from boxsup.trainers.weight_average import WeightAverage
 from boxsup.trainers.training_set import EpochSampler, TrainingSet, loader_workers
 from boxsup.utils.faults import Fault, kill
@@ -144,21 +152,32 @@ def label_round(
     batches = label_round_batches(dataset, job.proposal_store, scored, cache,
                                   max(1, train.get("batch_size", 1) // ctx.world),
                                   loader_workers(train.get("loader_workers"), ctx.device))
-    with tqdm(total=len(scored), desc=f"labels[round {round_index}]", leave=False, disable=not progress, unit="img") as bar:
+    queued: list[tuple[list[str], AtomSums]] = []  # a batch's sums travel to the host while the next is queued
+    failed: list[str] = []
+
+    def submit_queued() -> None:
+        for image_ids, sums in queued:
+            for image_id, means in zip(image_ids, sums.means()):
+                pool.submit(round_index, image_id, means, previous_round)
+        for image_id in failed:  # a missing or corrupt proposal file: the actor reports the image as skipped
+            pool.submit(round_index, image_id, None, previous_round)
+
+    with untuned_cudnn(), tqdm(total=len(scored), desc=f"labels[round {round_index}]", leave=False,
+                                disable=not progress, unit="img") as bar:
         for items in batches:
+            launched = []
             for group in same_size_groups(items):
-                log_probs = batch_log_probs(model, torch.stack([item.image for item in group]), ctx.device, flip,
-                                            precision)
-                for item, image_log_probs in zip(group, log_probs):
-                    image_id = scored[item.index].image_id
-                    split = item.split if item.split is not None else cache.get(image_id)
+                image_ids = [scored[item.index].image_id for item in group]
+                for item, image_id in zip(group, image_ids):
                     if item.split is not None:
                         cache.put(image_id, item.split)
-                    pool.submit(round_index, image_id, split.mean_costs(image_log_probs, kind), previous_round)
-            for item in items:
-                if item.image is None:  # a missing or corrupt proposal file: the actor reports the image as skipped
-                    pool.submit(round_index, scored[item.index].image_id, None, previous_round)
+                splits = [item.split if item.split is not None else cache.get(i) for item, i in zip(group, image_ids)]
+                log_probs = batch_log_probs(model, device_images(group, ctx.device), ctx.device, flip, precision)
+                launched.append((image_ids, reduce_to_atoms(splits, log_probs, kind)))
+            submit_queued()
+            queued, failed = launched, [scored[item.index].image_id for item in items if item.image is None]
             bar.update(len(items))
+        submit_queued()
     summary, outcomes = summarize_round(ctx, pool.collect(), dataset.num_classes, started)
     summary.cache_mb = pool.cache_mb() if ctx.rank == 0 else None
     for image_id, why in outcomes:
@@ -174,7 +193,7 @@ def distributed_evaluate(ctx: WorkerContext, model: torch.nn.Module, dataset: Se
     """Every worker scores its share of the split, the network under ``precision`` (probabilities, CRF and
     scores in float32); the confusion matrices are summed."""
     crf_params = CRFParams.of_config(cfg)
-    with precision.autocast(ctx.device):
+    with precision.autocast(ctx.device), untuned_cudnn():
         confusion = evaluate(model, dataset, ctx.device, tuple(cfg["eval"]["scales"]), cfg["eval"]["crf"], progress,
                              ids=dataset.ids[ctx.rank :: ctx.world], crf_params=crf_params)
     confusion.matrix = ctx.all_reduce(confusion.matrix).astype(np.int64)
@@ -258,6 +277,7 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
     torch.manual_seed(seed)
     if t["num_threads"]:
         torch.set_num_threads(t["num_threads"])
+    configure_kernels(ctx.device, t.get("deterministic", False))  # False for a run recorded before the key
     train_data, val_data = build_datasets(cfg)
     classes = train_data.classes
     annotations = job.annotations
