@@ -35,7 +35,8 @@ else
     step "no GPU: gpu_throughput at full size skipped" | tee "$OUT/bench.log"
 fi
 step "tests/test_ray_gpu.py" | tee "$OUT/ray_gpu.log"
-BOXSUP_GPU_REPORT="$OUT/ray_gpu_report.json" timeout 200 "$PY" -m pytest -q -rs tests/test_ray_gpu.py -p no:cacheprovider 2>&1 \
+# about 100 s per case on an H200, 4 cases (deterministic first); the report JSON records each run's stages as they end
+BOXSUP_GPU_REPORT="$OUT/ray_gpu_report.json" timeout 450 "$PY" -m pytest -q -rs --tb=short tests/test_ray_gpu.py -p no:cacheprovider 2>&1 \
     | tail -150 | tee -a "$OUT/ray_gpu.log"
 step "the batched reduction on the GPU, the deterministic forms" | tee "$OUT/reduction.log"
 timeout 60 "$PY" -m pytest -q -rs tests/test_batched_label_round.py tests/test_kernels.py -p no:cacheprovider 2>&1 \

@@ -91,15 +91,20 @@ def test_a_killed_gpu_worker_ends_as_an_uninterrupted_run(gpu_ray, shape, determ
     else:
         generate_dataset(data_root, n_images=32, size=336, seed=5)  # 24 training images: batches of 20 and 4
         overrides = VOC_SHAPE | {"train__deterministic": deterministic}
-    runs = {}
+    runs, exits, label = {}, {}, f"{shape}{' deterministic' if deterministic else ''}"
     for name, fault in (("baseline", None), ("recovered", "kill-worker:1")):
         if fault:
             monkeypatch.setenv("BOXSUP_FAULT", fault)
-        assert main(["train", "--config", str(gpu_config(tmp_path / name, data_root, **overrides))]) == 0
-        runs[name] = outcome(tmp_path / name)
+        exits[name] = main(["train", "--config", str(gpu_config(tmp_path / name, data_root, **overrides))])
+        runs[name] = outcome(tmp_path / name) if (tmp_path / name / "runs" / "r" / "checkpoint.pt").exists() else None
+    stages = {name: {"exit": exits[name], "status": run and run["status"], "error": run and run["tags"].get("boxsup.error"),
+                     "steps": run and {key: len(steps) for key, steps in run["history"].items()}}
+              for name, run in runs.items()}
+    report(label, {"stages": stages})  # where a run stopped, before any comparison can fail
+    assert exits == {"baseline": 0, "recovered": 0}, stages
     assert (runs["recovered"]["run_dir"] / ".fault-kill-worker-1").exists()  # the worker was killed
     assert all(len(v) == 3 for v in runs["baseline"]["history"].values()), runs["baseline"]["history"]
-    report(f"{shape}{' deterministic' if deterministic else ''}", differences(runs["recovered"], runs["baseline"]))
+    report(label, {"stages": stages} | differences(runs["recovered"], runs["baseline"]))
     if deterministic:
         assert_same_as(runs["recovered"], runs["baseline"])
     else:
