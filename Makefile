@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # pip prints one line per package for this machine's local wheel folders; they are noise.
 QUIET_PIP := { grep -v '^WARNING: Location' || true; }
 
-.PHONY: demo demo-extra-boxes sweep-demo test install lock clean
+.PHONY: demo demo-extra-boxes sweep-demo test test-fast lint install lock clean
 
 # constraints.txt pins every package (the Dockerfile installs from it too): the same versions everywhere.
 $(STAMP): pyproject.toml constraints.txt
@@ -45,6 +45,14 @@ sweep-demo: $(STAMP) | demo_data
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The tests that start no Ray and take under ~10 s each (markers in pyproject.toml): a quick check while editing.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not ray and not slow"
+
+# ruff and mypy as pyproject.toml configures them (the versions constraints.txt pins): both run, either fails it.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check boxsup tests benchmarks; ruff=$$?; $(VENV)/bin/mypy && exit $$ruff
 
 clean:
 	rm -rf runs demo_data demo_data-coco-boxes mlflow.db mlartifacts

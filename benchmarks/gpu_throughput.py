@@ -5,7 +5,7 @@ For each backbone, precision and layout, images/s of
       batch, forward + backward + step (``sgd_step``, the step the epoch takes);
   (b) the project's epoch: ``train_one_epoch`` over the loop's DataLoader of ``TrainingSet`` (VOC-size
       JPEGs, random crops, label maps from a ``LabelStore``); channels-last only, the layout it feeds;
-  (c) a label round: ``boxsup.trainers.loop.label_round`` itself (loader workers, ``batch_log_probs``,
+  (c) a label round: ``boxsup.trainers.label_round.label_round`` itself (loader workers, ``batch_log_probs``,
       ``reduce_to_atoms`` on the device, the in-process assignment pool), per image, cold (first
       round: atom maps split, pools loaded) and warm (both cached, as in later rounds), with the
       seconds spent waiting for the loader and in the assignment;
@@ -303,7 +303,7 @@ def label_setup(root: Path, sizes: Sizes, work: Path) -> tuple[dict, list, VOCDa
 def time_label_rounds(backbone: str, precisions: list[Precision], setup, sizes: Sizes, num_classes: int,
                       device: torch.device, work: Path) -> list[Row]:
     """(c): ``label_round`` once cold (first precision) and then warm for every precision."""
-    import boxsup.trainers.loop as loop
+    import boxsup.trainers.label_round as rounds
     from boxsup.assign.assigner import AssignmentSpec
     from boxsup.assign.rule import LabelUpdateRule
     from boxsup.platform.assign_pool import LocalAssignmentPool
@@ -316,8 +316,8 @@ def time_label_rounds(backbone: str, precisions: list[Precision], setup, sizes: 
     spec = AssignmentSpec(cfg["data"], VOC_CLASSES, str(work / "store"), str(run_dir / "labels"),
                           LabelUpdateRule.from_config(cfg), cfg["seed"])
     pool = TimedPool(LocalAssignmentPool(spec))
-    batches = TimedBatches(loop.label_round_batches)
-    loop.label_round_batches = batches  # the loader's share of a round: the time label_round waits for it
+    batches = TimedBatches(rounds.label_round_batches)
+    rounds.label_round_batches = batches  # the loader's share of a round: the time label_round waits for it
     cache = SplitAtomCache(int(cfg["train"]["label_cache_mb"] * 2**20))
     ctx = LocalContext(run_dir, device)
     model = build(backbone, num_classes, device, channels_last=True)
@@ -327,7 +327,7 @@ def time_label_rounds(backbone: str, precisions: list[Precision], setup, sizes: 
         for part in ("c-cold", "c-warm") if position == 0 else ("warm-up", "c-warm"):  # warm-up: cudnn's tuning
             pool.seconds = batches.waited = batches.first = 0.0
             sync(device)
-            summary = loop.label_round(ctx, job, model, round_index, annotations, dataset, False, cache=cache,
+            summary = rounds.label_round(ctx, job, model, round_index, annotations, dataset, False, cache=cache,
                                        precision=precision)
             sync(device)
             round_index += 1
@@ -339,7 +339,7 @@ def time_label_rounds(backbone: str, precisions: list[Precision], setup, sizes: 
                 "loader_wait_seconds": batches.waited, "first_batch_seconds": batches.first,
                 "network_and_reduction_seconds": summary.seconds - pool.seconds - batches.waited,
                 "proposals": sizes.label_proposals, "skipped": sum(summary.skipped.values())}))
-    loop.label_round_batches = batches.make
+    rounds.label_round_batches = batches.make
     return rows
 
 

@@ -14,14 +14,14 @@ import itertools
 import torch
 
 from boxsup.assign import LabelUpdateRule, assign_labels, image_rng
+from boxsup.assign.cache import BoxedPoolCache
 from boxsup.config import load_config
 from boxsup.data.sources import build_training_set, training_annotations
-from boxsup.models.checkpoint import load_checkpoint
 from boxsup.evaluation.metrics import ConfusionMatrix
 from boxsup.models import model_from_config
-from boxsup.trainers.epoch import pixel_costs
-from boxsup.assign.cache import BoxedPoolCache
+from boxsup.models.checkpoint import load_checkpoint
 from boxsup.platform.launch import ensure_proposals
+from boxsup.trainers.epoch import pixel_costs
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from boxsup.assign.assign import BoxedPool, assignment_costs, reduce_losses  # noqa: E402
-from boxsup.assign.rule import LabelUpdateRule  # noqa: E402
 from boxsup.assign.diagnostics import candidate_gt_iou, gt_atom_histogram  # noqa: E402
+from boxsup.assign.rule import LabelUpdateRule  # noqa: E402
 from boxsup.data.voc import VOCDataset  # noqa: E402
 from boxsup.models import normalize_image  # noqa: E402
 from boxsup.models.checkpoint import load_checkpoint, network_from_checkpoint  # noqa: E402

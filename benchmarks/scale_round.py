@@ -32,7 +32,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from boxsup.assign.assigner import AssignmentSpec, Assigner  # noqa: E402
+from boxsup.assign.assigner import Assigner, AssignmentSpec  # noqa: E402
 from boxsup.assign.rule import LabelUpdateRule  # noqa: E402
 from boxsup.config import DEFAULTS  # noqa: E402
 from boxsup.data.annotations import Box, ImageAnnotation  # noqa: E402
@@ -82,7 +82,7 @@ def make_pools(root: Path, n_pools: int, max_candidates: int) -> tuple[list[floa
             continue
         image_id = f"base_{i:03d}"
         write_voc_sample(root / "voc", image_id, image,
-                         [Box(*map(int, b), int(min(l, len(CLASSES)))) for b, l in zip(boxes, labels)], CLASSES)
+                         [Box(*map(int, b), int(min(c, len(CLASSES)))) for b, c in zip(boxes, labels)], CLASSES)
         started = time.process_time()
         pool = selective_search(image, mode="fast", max_candidates=max_candidates)
         seconds.append(time.process_time() - started)

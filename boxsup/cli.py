@@ -10,16 +10,21 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from boxsup.config import DEFAULTS
 from boxsup.errors import BoxSupError
 from boxsup.utils.files import check_writable_dir, check_writable_file
 from boxsup.utils.storage import check_output_location
 
+if TYPE_CHECKING:
+    from boxsup.data.dataset import SegmentationDataset
+
 TRIMAP_FIGURE = "trimap.png"  # eval --trimap's figure when --figure is not given
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
+    generate: Callable[..., dict[str, Any]]
     if args.style == "photo":
         from boxsup.data.synth_photo import generate_photo_dataset as generate
     else:
@@ -28,7 +33,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     check_writable_dir(args.out, "--out")
     if args.format == "coco":
         check_writable_dir(_coco_copy_dir(args.out), "--format coco: its copy")
-    options = {}
+    options: dict[str, Any] = {}
     if args.no_distractors:
         if args.style != "photo":
             raise BoxSupError("data synth: --no-distractors needs --style photo")
@@ -114,6 +119,7 @@ def _cmd_proposals_import(args: argparse.Namespace) -> None:
     from boxsup.proposals.mcg import import_mcg
     from boxsup.proposals.store import ProposalStore
 
+    dataset: SegmentationDataset
     if args.config:
         if args.split is not None or args.classes is not None:
             raise BoxSupError("proposals import: --split and --classes go with --data; with --config use --set")

@@ -8,18 +8,22 @@ one-line ``BoxSupError`` naming the key, before anything runs.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from boxsup.assign.rule import LabelUpdateRule
 from boxsup.errors import BoxSupError
 from boxsup.evaluation.crf import CONFIG_KEY as CRF_KEY, RANGES as CRF_RANGES, CRFParams
 from boxsup.utils.lists import first_duplicate, read_user_text
 from boxsup.utils.numbers import FRACTION, NON_NEGATIVE, POSITIVE, Range, as_number, checked_number
 
 # Paper defaults (Sec. 4.3, 5): batch 20, lr 1e-3 / 10 every 15 epochs, 45 epochs, lambda 3, k 5.
+_RULE = LabelUpdateRule()
+
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "data": {
@@ -42,24 +46,25 @@ DEFAULTS: dict[str, Any] = {
         "max_candidates": 1000,  # per image; also `boxsup proposals`'s default (the paper's setups state 2000)
         "max_side": 640,  # px: proposals computed on a copy at most this long (VOC and COCO images as they are)
     },
-    "assign": {
-        "lam": 3.0,
-        "k": 5,
+    "assign": {  # the label-update rule's knobs default to LabelUpdateRule's (boxsup/assign/rule.py, the one home)
+        "lam": _RULE.lam,
+        "k": _RULE.k,
         "update": True,  # false: labels of round 0 stay fixed (the rectangles / GrabCut baselines)
-        "pixel_cost": "error",  # e(p, l) in E_r: error = 1 - P(l|p) (bounded), xent = -log P(l|p)
-        "warmup_epochs": 1,  # epochs trained on round 0's labels (E_o alone) before the network is asked
-        "form": "robust",  # paper: E_o + lam E_r as in Sec. 4.3; robust: with the settings below (assign/rule.py)
-        "region_cost": "iou",  # E_r: iou (1 - soft IoU with the network's mask) | mean (two-region mean of e)
-        "consensus": 1.0,  # mu: weight of E_c, the disagreement with the box's near-best candidates (0: none)
-        "consensus_margin": 0.1,  # the near-best: E_o within this of the box's best
-        "sample_margin": 0.1,  # draw among the k lowest costs only those within this of the lowest (null: all k)
-        "greedy_round0": False,  # true: round 0 (no network yet) takes each box's lowest cost instead of drawing among k
-        "greedy_after_lr_step": True,  # rounds from train.lr_step on take each box's lowest cost (no draw)
-        "trust_margin": 1.0,  # candidates with E_o within this of the box's best may be chosen (1: every one)
-        "lam_ramp": 0,  # rounds over which lambda grows linearly from the first network round (0: at once)
-        "ema": 0.0,  # the network scoring candidates: EMA of the weights over epochs with this decay (0: the last)
-        "score_flip": True,  # the network scores with P averaged over the image and its mirror image
-        "void_k": 0,  # pixels of a box on which its void_k near-best candidates disagree are void (0: none)
+        "pixel_cost": _RULE.pixel_cost,  # e(p, l) in E_r: error = 1 - P(l|p) (bounded), xent = -log P(l|p)
+        "warmup_epochs": _RULE.first_network_round,  # epochs trained on round 0's labels (E_o alone) before the network is asked
+        "form": _RULE.form,  # paper: E_o + lam E_r as in Sec. 4.3; robust: with the settings below (assign/rule.py)
+        "region_cost": _RULE.region_cost,  # E_r: iou (1 - soft IoU with the network's mask) | mean (two-region mean of e)
+        "consensus": _RULE.consensus,  # mu: weight of E_c, the disagreement with the box's near-best candidates (0: none)
+        "consensus_margin": _RULE.consensus_margin,  # the near-best: E_o within this of the box's best
+        # draw among the k lowest costs only those within this of the lowest (null: all k)
+        "sample_margin": None if math.isinf(_RULE.sample_margin) else _RULE.sample_margin,
+        "greedy_round0": _RULE.greedy_round0,  # true: round 0 (no network yet) takes each box's lowest cost instead of drawing among k
+        "greedy_after_lr_step": _RULE.greedy_from is not None,  # rounds from train.lr_step on take each box's lowest cost (no draw)
+        "trust_margin": _RULE.trust_margin,  # candidates with E_o within this of the box's best may be chosen (1: every one)
+        "lam_ramp": _RULE.lam_ramp,  # rounds over which lambda grows linearly from the first network round (0: at once)
+        "ema": _RULE.ema,  # the network scoring candidates: EMA of the weights over epochs with this decay (0: the last)
+        "score_flip": _RULE.score_flip,  # the network scores with P averaged over the image and its mirror image
+        "void_k": _RULE.void_k,  # pixels of a box on which its void_k near-best candidates disagree are void (0: none)
         "num_actors": 2,  # Ray actors sharing the label update (each owns a shard of the proposal store)
         "actor_cpus": 1.0,
         "cache_mb": 2048.0,  # MiB of box-refined candidate pools each actor keeps (once full, new ones are used, not kept)
@@ -83,7 +88,7 @@ DEFAULTS: dict[str, Any] = {
         "label_cache_mb": 1024,  # split atom maps a worker keeps across label rounds (375 KB per VOC image)
         "precision": "auto",  # auto | bf16 | fp16 | fp32; auto: bf16 on a GPU that has it, else fp16; fp32 on a CPU
         "compile": False,  # torch.compile the network (the first epoch pays for the compilation)
-        "deterministic": False,  # CUDA: deterministic kernels, bitwise-repeatable runs and recoveries (slower)
+        "deterministic": False,  # CUDA: deterministic kernels, bitwise-repeatable runs and recoveries (can be slower)
     },
     "eval": {
         "crf": False,

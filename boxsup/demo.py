@@ -10,8 +10,8 @@ from pathlib import Path
 from boxsup.config import load_config, read_yaml_mapping
 from boxsup.data.synth import ensure_demo_dataset
 from boxsup.errors import BoxSupError
-from boxsup.platform.tracking import tracking_uri
 from boxsup.platform.launch import RunResult, run_boxsup
+from boxsup.platform.tracking import tracking_uri
 from boxsup.utils.storage import open_location
 
 # (name in the table, config overrides)

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from boxsup.config import check_data_section, load_config
+from boxsup.data.dataset import read_list_file
 from boxsup.data.synth import ensure_demo_dataset
 from boxsup.data.to_coco import write_coco_copy
-from boxsup.data.dataset import read_list_file
 from boxsup.data.voc import write_split
 from boxsup.platform.launch import RunResult, run_boxsup
 from boxsup.utils.storage import open_location

@@ -49,6 +49,15 @@ def s3_endpoint():
     server.stop()
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """A test that asks for ``ray_session`` (itself or through a fixture) must be marked ``ray``:
+    `make test-fast` leaves out the tests marked ray and slow (pyproject.toml's markers)."""
+    unmarked = [item.nodeid for item in items
+                if "ray_session" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None]
+    if unmarked:
+        raise pytest.UsageError(f"uses ray_session without @pytest.mark.ray: {', '.join(unmarked)}")
+
+
 @pytest.fixture(scope="session")
 def ray_session(s3_endpoint):
     import ray

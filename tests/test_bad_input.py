@@ -22,14 +22,14 @@ from PIL import Image
 from boxsup.assign.cache import BoxedPoolCache
 from boxsup.cli import build_parser, main
 from boxsup.config import BOUNDS, DEFAULTS, flatten, load_config
+from boxsup.data.sources import resolve_classes
 from boxsup.data.synth import DEMO_CLASSES, generate_dataset
 from boxsup.data.voc import SizeMismatchError, VOCDataset
 from boxsup.errors import BoxSupError
-from boxsup.data.sources import resolve_classes
 from boxsup.evaluation.crf import CRFParams
 from boxsup.evaluation.evaluate import EvalData, checkpoint_model, evaluate
-from boxsup.models.checkpoint import load_checkpoint
 from boxsup.models import build_model
+from boxsup.models.checkpoint import load_checkpoint
 from boxsup.proposals.generate import build_store, store_meta
 from boxsup.proposals.store import ProposalStore
 from boxsup.serving.trained_model import read_checkpoint

@@ -26,8 +26,22 @@ from boxsup.data.to_coco import write_coco_copy
 from boxsup.evaluation.evaluate import evaluate
 from boxsup.models import build_model
 from boxsup.proposals.store import ProposalStore
-from test_bad_input import (ID, box, cli_error, data, dataset, jpeg, one_line, png, pristine, raises_one_line,  # noqa: F401
-                            save_checkpoint, set_objects, snapshot, train_config)
+from test_bad_input import (  # noqa: F401
+    ID,
+    box,
+    cli_error,
+    data,
+    dataset,
+    jpeg,
+    one_line,
+    png,
+    pristine,
+    raises_one_line,
+    save_checkpoint,
+    set_objects,
+    snapshot,
+    train_config,
+)
 
 VAL_ID = "synth_000003"  # the one validation image
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"

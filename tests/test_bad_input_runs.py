@@ -54,6 +54,7 @@ def mlflow_runs(tmp_path: Path) -> list:
 # ---------------------------------------------------------------- one run directory per name
 
 
+@pytest.mark.slow
 def test_two_runs_of_one_name_started_together_get_one_directory(data, tmp_path, tiny_config):
     config = tiny_run(tiny_config, data)
     runs = [boxsup("train", "--config", str(config), cwd=tmp_path) for _ in range(2)]

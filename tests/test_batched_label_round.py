@@ -1,6 +1,7 @@
 """The batched label round (loader workers, size batches, cached split maps, on-device reduction)
 gives the label maps of the one-image-at-a-time path it replaced, for the same seed."""
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -11,7 +12,7 @@ from boxsup.assign.assign import atom_mean_costs
 from boxsup.assign.assigner import AssignmentSpec
 from boxsup.assign.rule import LabelUpdateRule
 from boxsup.config import DEFAULTS
-from boxsup.data.annotations import Box, Supervision
+from boxsup.data.annotations import Box
 from boxsup.data.label_store import LabelStore
 from boxsup.data.voc import VOCDataset, write_split, write_voc_sample
 from boxsup.errors import BoxSupError
@@ -24,7 +25,7 @@ from boxsup.proposals.store import ProposalStore
 from boxsup.trainers.epoch import batch_log_probs, pixel_costs
 from boxsup.trainers.job import TrainingJob
 from boxsup.trainers.label_inputs import SplitAtomCache, SplitAtoms, reduce_to_atoms, size_batches
-from boxsup.trainers.loop import label_round
+from boxsup.trainers.label_round import label_round
 from conftest import voc_data_section
 
 CLASSES = ("a", "b", "c")
@@ -102,8 +103,9 @@ def reference_round(tmp_path, ds, anns, store, model, round_index, name, kind, f
 def batched_rounds(tmp_path, ds, anns, store, model, rounds, name, kind, workers, cache, flip=False):
     pool = RecordingPool(spec_for(tmp_path, ds, store, name))
     # the scoring side of the rule (score_flip): the robust defaults when flipped, else the paper form
-    assign = {**DEFAULTS["assign"], "pixel_cost": kind, "lam": 3.0, "form": "robust" if flip else "paper"}
-    cfg = {"assign": assign, "train": {"batch_size": 3, "loader_workers": workers, "lr_step": DEFAULTS["train"]["lr_step"]}}
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["assign"].update(pixel_cost=kind, lam=3.0, form="robust" if flip else "paper")
+    cfg["train"].update(batch_size=3, loader_workers=workers)
     job = TrainingJob(cfg, anns, str(tmp_path), pool.assigner.spec.label_store, str(store.root), logger=None, pool=pool)
     ctx = LocalContext(tmp_path, torch.device("cpu"))
     labels, out = LabelStore(pool.assigner.spec.label_store), []

@@ -24,7 +24,6 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,7 +238,10 @@ def test_every_documented_cluster_command_is_valid(where: str, command: str) -> 
     from boxsup.platform.search_space import load_search_space
 
     args = build_parser().parse_args(shlex.split(command)[1:])
-    in_repo = lambda path: ROOT / path.removeprefix("/opt/boxsup/")  # the image's checkout is this one
+
+    def in_repo(path: str) -> Path:  # the image's checkout is this one
+        return ROOT / path.removeprefix("/opt/boxsup/")
+
     cfg = load_config(in_repo(args.config), args.set)
     assert cfg["ray"]["address"] == "auto"
     if args.command == "sweep":

@@ -5,8 +5,8 @@ from pathlib import Path
 import yaml
 
 from boxsup import demo
-from boxsup.data import synth as demo_data
 from boxsup.cli import main
+from boxsup.data import synth as demo_data
 from boxsup.platform.launch import RunResult
 
 

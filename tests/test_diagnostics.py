@@ -61,7 +61,7 @@ def test_an_unchanged_choice_and_no_previous_round():
 def test_void_share_and_kept_labels_score_only_the_pixels_that_train():
     from collections import Counter
 
-    from boxsup.trainers.loop import RoundSummary
+    from boxsup.trainers.label_round import RoundSummary
 
     chosen = np.array([[10, 2], [4, 4]])  # 20 pixels painted, 14 right
     kept = np.array([[9, 0], [1, 4]])  # 14 of them not void, 13 right

@@ -15,6 +15,8 @@ def tiny_data(tmp_path_factory):
     return root
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_tiny_boxsup_run_is_tracked_and_evaluable(ray_session, tmp_path, tiny_data, tiny_config, capsys, monkeypatch):
     """Two Ray Train workers and two assignment actors, end to end; nothing lands in the working directory."""
     config = tiny_config(tiny_data)

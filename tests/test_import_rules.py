@@ -175,3 +175,42 @@ def test_no_import_cycles_between_packages():
 def test_a_cycle_is_found_and_named():
     assert cycles({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b": 1}, "b": {}}) == []
+
+
+# ---------------------------------------------------------------- docs/architecture.md's picture
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+EVERYWHERE = ("boxsup.errors", "boxsup.utils")  # imported by every layer: left out of the picture
+
+
+def layer_edges() -> list[tuple[str, str]]:
+    """The package graph without ``EVERYWHERE``, transitively reduced (an edge implied by a longer path is
+    dropped): ``a --> b`` means a imports b directly and through no other layer."""
+    layers: dict[str, set[str]] = {}
+    for a, targets in GRAPH.items():
+        if layer(a) in EVERYWHERE or a == "boxsup":
+            continue
+        layers.setdefault(layer(a), set()).update(layer(b) for b in targets
+                                                  if layer(b) not in (layer(a), *EVERYWHERE))
+
+    def reachable(start: str, skipped: tuple[str, str]) -> set[str]:
+        seen: set[str] = set()
+        todo = [b for b in layers[start] if (start, b) != skipped]
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(layers.get(node, ()))
+        return seen
+
+    return [(a, b) for a in sorted(layers) for b in sorted(layers[a]) if b not in reachable(a, (a, b))]
+
+
+def test_the_architecture_picture_is_the_code():
+    """The mermaid graph in docs/architecture.md is the package graph the source has (regenerate it from
+    the failure message when the layers change)."""
+    expected = [f"    {a.removeprefix('boxsup.')} --> {b.removeprefix('boxsup.')}" for a, b in layer_edges()]
+    text = ARCHITECTURE.read_text()
+    block = text.split("```mermaid\n", 1)[1].split("```", 1)[0].splitlines()
+    drawn = [line for line in block if "-->" in line]
+    assert drawn == expected, "docs/architecture.md's graph should read:\n" + "\n".join(expected)

@@ -12,26 +12,27 @@ from boxsup.config import DEFAULTS, load_config
 from boxsup.data.synth import generate_dataset
 from boxsup.errors import BoxSupError
 from boxsup.platform.launch import run_boxsup
-from boxsup.trainers.label_rounds import figure_rounds, planned_rounds, rounds_to_delete
+from boxsup.trainers.settings import LabelSchedule
 
 
-def plan(epochs: int, keep=None, warmup: int = 1, update: bool = True) -> dict:
+def plan(epochs: int, keep=None, warmup: int = 1, update: bool = True) -> LabelSchedule:
     cfg = copy.deepcopy(DEFAULTS)
     cfg["train"]["epochs"], cfg["assign"]["warmup_epochs"], cfg["assign"]["update"] = epochs, warmup, update
     cfg["output"]["keep_label_rounds"] = keep
-    return cfg
+    return LabelSchedule.from_config(cfg)
 
 
 def test_the_figures_rounds_and_the_round_in_use_are_kept():
-    cfg = plan(10)
-    assert planned_rounds(cfg) == list(range(10)) and figure_rounds(planned_rounds(cfg)) == [0, 5, 9]
-    assert rounds_to_delete(cfg, stored=list(range(8)), in_use=7) == [1, 2, 3, 4, 6]
-    assert rounds_to_delete(plan(10, keep=3), stored=list(range(8)), in_use=7) == [1, 2, 3, 4]
-    assert rounds_to_delete(plan(10, keep="all"), stored=list(range(8)), in_use=7) == []
+    schedule = plan(10)
+    assert schedule.planned_rounds() == list(range(10)) and schedule.figure_rounds() == [0, 5, 9]
+    assert schedule.rounds_to_delete(stored=list(range(8)), in_use=7) == [1, 2, 3, 4, 6]
+    assert plan(10, keep=3).rounds_to_delete(stored=list(range(8)), in_use=7) == [1, 2, 3, 4]
+    assert plan(10, keep="all").rounds_to_delete(stored=list(range(8)), in_use=7) == []
     # a round written after the saved checkpoint (a crash between round and checkpoint) is never deleted
-    assert 8 not in rounds_to_delete(cfg, stored=list(range(9)), in_use=7)
-    assert planned_rounds(plan(10, warmup=4)) == [0, 4, 5, 6, 7, 8, 9]
-    assert planned_rounds(plan(10, update=False)) == [0]
+    assert 8 not in schedule.rounds_to_delete(stored=list(range(9)), in_use=7)
+    assert plan(10, warmup=4).planned_rounds() == [0, 4, 5, 6, 7, 8, 9]
+    assert plan(10, update=False).planned_rounds() == [0]
+    assert [e for e in range(10) if plan(10, warmup=4).updates_in(e)] == [0, 4, 5, 6, 7, 8, 9]
 
 
 @pytest.mark.parametrize("value", [0, -2, "some", 1.5])
@@ -65,6 +66,7 @@ def label_files(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir / "labels")): p.read_bytes() for p in sorted((run_dir / "labels").rglob("*.png"))}
 
 
+@pytest.mark.slow
 def test_a_run_keeps_the_last_round_and_the_figures_rounds_and_resumes_from_them(tmp_path, data_root, monkeypatch):
     kept_all = run(tmp_path, data_root, "all", keep_label_rounds="all")
     default = run(tmp_path, data_root, "default")

@@ -17,7 +17,7 @@ from boxsup.proposals.pool import CandidatePool
 from boxsup.proposals.store import ProposalStore
 from boxsup.trainers.epoch import pixel_costs
 from boxsup.trainers.job import TrainingJob
-from boxsup.trainers.loop import label_round
+from boxsup.trainers.label_round import label_round
 from conftest import voc_data_section
 
 CLASSES = ("a", "b")
@@ -90,8 +90,8 @@ def test_pixel_costs_are_bounded_errors_or_cross_entropy():
 
 
 def test_atom_level_pseudo_label_confusion_matches_pixels(tmp_path):
-    from boxsup.platform.assign_pool import SpecAssigner
     from boxsup.evaluation.metrics import ConfusionMatrix
+    from boxsup.platform.assign_pool import SpecAssigner
 
     ds, anns, store = make_data(tmp_path)
     spec = AssignmentSpec(voc_data_section(ds.root), CLASSES, str(store.root), str(tmp_path / "l"), PAPER, 0)

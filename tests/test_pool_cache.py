@@ -11,8 +11,8 @@ import pytest
 import scipy.sparse as sp
 
 from boxsup.assign import LabelUpdateRule, assign_labels, image_rng
-from boxsup.assign.assigner import AssignmentSpec
 from boxsup.assign.assign import BoxedPool
+from boxsup.assign.assigner import AssignmentSpec
 from boxsup.assign.cache import MB, BoxedPoolCache
 from boxsup.assign.packed import PackedPool
 from boxsup.config import load_config

@@ -42,6 +42,7 @@ def test_chunks_cover_every_id_once_in_order():
     assert chunks_of([], 4) == []
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("tasks, chunk_size", [(1, None), (3, 1), (4, 2)])
 def test_distributed_build_equals_the_single_process_build(ray_session, demo, tmp_path, tasks, chunk_size):
     root, _, dataset = demo
@@ -53,6 +54,7 @@ def test_distributed_build_equals_the_single_process_build(ray_session, demo, tm
     assert "images/s per core" in report.throughput_line()
 
 
+@pytest.mark.ray
 def test_resume_keeps_stored_pools_and_counts_them_reused(ray_session, demo, tmp_path):
     root, _, dataset = demo
     store = tmp_path / "store"
@@ -69,6 +71,7 @@ def test_resume_keeps_stored_pools_and_counts_them_reused(ray_session, demo, tmp
     assert on_ray(demo, store).reused == N_TRAIN  # all there: nothing scheduled
 
 
+@pytest.mark.ray
 def test_a_corrupt_image_is_counted_with_its_reason_and_the_rest_built(ray_session, tmp_path):
     generate_dataset(tmp_path / "data", n_images=8, size=48, seed=1)
     data = voc_data_section(tmp_path / "data")
@@ -82,12 +85,14 @@ def test_a_corrupt_image_is_counted_with_its_reason_and_the_rest_built(ray_sessi
     assert ProposalStore(tmp_path / "store").stored_ids() == set(dataset.ids) - {bad}
 
 
+@pytest.mark.ray
 def test_a_store_of_another_method_is_refused_before_any_task(ray_session, demo):
     root, _, _ = demo
     with pytest.raises(BoxSupError, match="store holds 'ss' proposals"):
         build_store_on_ray(demo[2], demo[1], ProposalStore(root / "single"), "grabcut", 150, 4, progress=False)
 
 
+@pytest.mark.ray
 def test_cli_builds_on_ray_by_default_and_in_process_with_local(ray_session, demo, tmp_path, capsys):
     from boxsup.cli import main
 
@@ -103,6 +108,7 @@ def test_cli_builds_on_ray_by_default_and_in_process_with_local(ray_session, dem
     assert "--tasks: needs at least 1 task" in capsys.readouterr().err
 
 
+@pytest.mark.ray
 def test_a_run_on_ray_completes_its_store_with_tasks(ray_session, demo, tmp_path):
     from boxsup.platform.launch import complete_store
 

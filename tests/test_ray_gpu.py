@@ -33,7 +33,7 @@ from boxsup.data.synth import generate_dataset
 from conftest import write_tiny_config
 from test_recovery import assert_same_as, outcome
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"), pytest.mark.ray, pytest.mark.slow]
 
 PROPOSALS = "ss" if hasattr(cv2, "ximgproc") else "grabcut"
 VOC_SHAPE = {"model__backbone": "vgg16_largefov", "model__weights": "none", "data__crop_size": 321,

@@ -15,10 +15,10 @@ from boxsup.data.label_store import LabelStore
 from boxsup.data.synth import DEMO_CLASSES, generate_dataset
 from boxsup.data.voc import VOCDataset
 from boxsup.platform.assign_pool import AssignmentPool, LocalAssignmentPool
+from boxsup.platform.ray_train import needs_actor_pool
 from boxsup.proposals.generate import build_store
 from boxsup.proposals.pool import split_atoms_by_boxes
 from boxsup.proposals.store import ProposalStore
-from boxsup.platform.ray_train import needs_actor_pool
 from boxsup.utils.faults import Fault
 from conftest import voc_data_section
 
@@ -52,6 +52,7 @@ def run_pool(pool, dataset, sums, on_result=None):
     return pool.collect(on_result)
 
 
+@pytest.mark.ray
 def test_label_maps_do_not_depend_on_the_number_of_actors(ray_session, labelled_setup, tmp_path):
     root, dataset, store, sums = labelled_setup
     maps, cache_mb = {}, {}
@@ -75,6 +76,7 @@ def test_label_maps_do_not_depend_on_the_number_of_actors(ray_session, labelled_
     assert cache_mb["local"] > 0 and cache_mb["1 actor"] == pytest.approx(cache_mb["local"]) == cache_mb["3 actors"]
 
 
+@pytest.mark.ray
 def test_a_killed_actor_is_replaced_and_its_images_redone(ray_session, labelled_setup, tmp_path):
     root, dataset, store, sums = labelled_setup
     spec = spec_for(root, store, tmp_path / "labels")
@@ -102,6 +104,8 @@ def single_run(tmp_path):
     return run, history
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_interrupted_run_resumes_in_the_same_mlflow_run(ray_session, labelled_setup, tmp_path, tiny_config, monkeypatch, capsys):
     root = labelled_setup[0]
     config = tiny_config(root / "data")
@@ -121,6 +125,8 @@ def test_interrupted_run_resumes_in_the_same_mlflow_run(ray_session, labelled_se
     assert rounds == ["round_000", "round_001", "round_002"]
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_a_failed_train_worker_recovers_from_its_checkpoint(ray_session, labelled_setup, tmp_path, tiny_config, monkeypatch):
     root = labelled_setup[0]
     config = tiny_config(root / "data", ray__max_failures=1)
@@ -149,6 +155,7 @@ def test_in_process_mode_resumes_too(labelled_setup, tmp_path, tiny_config, monk
     assert len(result.pseudo_miou) == 3
 
 
+@pytest.mark.ray
 def test_a_users_mistake_found_on_a_worker_is_one_line(ray_session, tmp_path, tiny_config, capsys):
     generate_dataset(tmp_path / "data", n_images=8, size=64, seed=9)
     val_id = (tmp_path / "data" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]

@@ -23,6 +23,8 @@ from boxsup.cli import main
 from boxsup.data.synth import generate_dataset
 from conftest import write_tiny_config
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # every test runs on the session's Ray, a minute or more
+
 METRICS = ("train_loss", "val_miou", "pseudo_miou")
 
 

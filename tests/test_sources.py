@@ -202,10 +202,10 @@ def test_data_check_counts_each_problem_with_an_example(voc_and_coco, tmp_path, 
         "val": voc_source(voc, "val", "mask")}}))
     assert main(["data", "check", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert f"| voc_train | train | 12 | 10 | 10 |" in out
-    assert f"| coco_train | train | 12 | 12 | 12 |" in out
+    assert "| voc_train | train | 12 | 10 | 10 |" in out
+    assert "| coco_train | train | 12 | 12 | 12 |" in out
     assert f"voc_train: 1 x cannot decode image; e.g. {broken / 'JPEGImages' / train[0]}.jpg" in out
-    assert f"voc_train: 1 x unknown class 'zebra" in out and str(xml) in out
+    assert "voc_train: 1 x unknown class 'zebra" in out and str(xml) in out
 
 
 def test_one_field_of_a_source_can_be_set_from_the_command_line(tmp_path):

@@ -67,6 +67,8 @@ def sweep_data(tmp_path_factory):
     return root
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_two_trial_sweep_is_tracked_on_an_mlflow_server(ray_session, tmp_path, sweep_data, tiny_config, mlflow_server, capsys):
     config = tiny_config(sweep_data)
     (tmp_path / "space.yaml").write_text(SPACE)
@@ -161,6 +163,8 @@ def test_runs_report_errors_name_the_store_and_experiment(tmp_path):
         runs_report(uri, "absent")
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_sampled_trial_values_are_fixed_by_the_seed(ray_session, tmp_path):
     from ray import tune
 
@@ -181,6 +185,8 @@ def test_sampled_trial_values_are_fixed_by_the_seed(ray_session, tmp_path):
     assert len(set(first)) == 4 and all(0.5 <= lam <= 20.0 and 1 <= k < 10 for lam, k in first)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_in_process_trials_report_every_epoch_to_tune(ray_session, tmp_path, sweep_data, tiny_config):
     """ray.num_workers 0: the trial runs the loop itself and reports to Tune (what ASHA decides on)."""
     from ray import tune

@@ -148,6 +148,8 @@ def tiny_data(tmp_path_factory):
     return root
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_tiny_ray_run_with_every_store_on_s3(ray_session, bucket, s3, tiny_data, tiny_config, tmp_path, monkeypatch, capsys):
     """2 Train workers and 2 actors; interrupted after epoch 1, resumed from S3 alone, then evaluated from S3."""
     monkeypatch.chdir(tmp_path)  # anything written to a local path by mistake would land here

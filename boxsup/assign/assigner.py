@@ -179,7 +179,9 @@ class Assigner:
         A few KB per image, so later rounds cost one bincount over atoms, not a pass over the pixels.
         """
         if image_id not in self._gt_histograms:
-            self._gt_histograms[image_id] = gt_atom_histogram(self.dataset.mask(image_id), atoms, self.dataset.num_classes)
+            mask = self.dataset.mask(image_id)
+            assert mask is not None, f"{image_id}: audited without a mask"  # audit runs where ann.has_mask
+            self._gt_histograms[image_id] = gt_atom_histogram(mask, atoms, self.dataset.num_classes)
         return self._gt_histograms[image_id]
 
     def pseudo_label_confusion(self, hist: sp.csr_matrix, atom_labels: np.ndarray,

@@ -11,8 +11,8 @@ and draws S uniformly among the k lowest costs (the robust form: among those of 
 ``assign.sample_margin`` ε of the lowest, so the draw varies between near-equivalent candidates,
 not towards clearly worse ones; from epoch ``train.lr_step`` on, ``assign.greedy_after_lr_step``,
 the lowest). Round 0, before any network, is E_o + mu E_c alone, drawn among the k lowest like
-every round (``assign.greedy_round0: true`` takes the lowest instead; measured 0.1-0.4 val points
-worse on four of four paired runs, so off by default).
+every round (``assign.greedy_round0: true`` takes the lowest instead; off by default, docs/results.md
+compares the two).
 E_r is the network's disagreement with the label map that S induces inside B (l_B on S,
 background on the rest of B), from per-pixel costs e(p, l) = 1 - P(l | p)
 (``assign.pixel_cost: error``; ``xent``: -log P(l | p)). E_c (``assign.consensus`` mu = 1 in the

@@ -50,9 +50,9 @@ class ChoiceDiagnostics:
     @classmethod
     def from_tuple(cls, values) -> "ChoiceDiagnostics":
         """The inverse of ``as_tuple`` (e.g. after an all-reduce made every number a float)."""
-        counts, sums, network = values[:4], values[4:7], values[7:]
-        return cls(*(int(round(v)) for v in counts), *(float(v) for v in sums),
-                   int(round(network[0])), float(network[1]))
+        boxes, changed, compared, not_eo_best, chosen, eo_best, oracle, network_boxes, network = values
+        return cls(int(round(boxes)), int(round(changed)), int(round(compared)), int(round(not_eo_best)),
+                   float(chosen), float(eo_best), float(oracle), int(round(network_boxes)), float(network))
 
     def metrics(self) -> dict[str, float | None]:
         """Per-round MLflow metrics: shares and mean GT IoUs (None without audited boxes)."""

@@ -33,7 +33,7 @@ ARRAY_OVERHEAD = 112  # bytes of a numpy array object besides its data (counted 
 OBJECT_OVERHEAD = 512  # bytes of the Python objects around the arrays, per pool (an estimate)
 
 
-def _index_dtype(largest: int) -> type:
+def _index_dtype(largest: int) -> type[np.integer]:
     """The smallest unsigned type holding 0..largest (uint16 for VOC-sized pools)."""
     for dtype in (np.uint16, np.uint32):
         if largest <= np.iinfo(dtype).max:
@@ -95,9 +95,9 @@ class PackedPool:
             run_atoms, run_lengths = np.zeros(0, atom_type), np.zeros(0, np.uint16)
         membership = pool.membership.tocsr()
         membership.sort_indices()
-        nests, rest = _nests(membership.indptr, membership.indices, pool.n_atoms, max_nests)
+        nests, rest_rows = _nests(membership.indptr, membership.indices, pool.n_atoms, max_nests)
         row_type = _index_dtype(max(pool.n_candidates - 1, 0))
-        rest = np.sort(np.asarray(rest, dtype=np.int64))
+        rest = np.sort(np.asarray(rest_rows, dtype=np.int64))
         rest_lengths = np.diff(membership.indptr)[rest]
         rest_indptr = np.concatenate([[0], np.cumsum(rest_lengths)]).astype(np.int64)
         rest_parts = [membership.indices[membership.indptr[r]:membership.indptr[r + 1]] for r in rest]
@@ -202,7 +202,7 @@ def _nest_layout(
     lies in it (exactly the member's atoms) are consecutive once sorted by that position.
     """
     children: list[list[int]] = [[] for _ in rows]
-    roots = []
+    roots: list[int] = []
     for member, parent in enumerate(parents):
         (roots if parent < 0 else children[parent]).append(member)
     preorder = np.empty(len(rows) + 1, dtype=np.int64)  # the last slot: atoms in no member

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from boxsup.data.annotations import BACKGROUND
 from boxsup.assign.packed import PackedPool
+from boxsup.data.annotations import BACKGROUND
 from boxsup.proposals.pool import CandidatePool
 
 

@@ -1,7 +1,7 @@
 """The label-update rule: the form of the E-step's costs and draw, with every knob of it, in one value.
 
-``LabelUpdateRule()`` is the robust form a run with the default config uses (its defaults are
-``config.DEFAULTS``'s: tests/test_config.py holds them equal); ``LabelUpdateRule.paper()`` is the
+``LabelUpdateRule()`` is the robust form a run with the default config uses (its field defaults are
+the one home of the rule's defaults: ``config.DEFAULTS`` reads them); ``LabelUpdateRule.paper()`` is the
 paper's (Sec. 4.3); ``LabelUpdateRule.from_config(cfg)`` the rule a run's validated config asks for,
 built once where the run starts. Plain values, cheap to ship to the assignment actors
 (``AssignmentSpec.rule``). ``costs.py`` describes the two forms.

@@ -55,5 +55,5 @@ class LabelStore:
         return self.location.exists(_key(round_index, image_id))
 
     def remove_round(self, round_index: int) -> None:
-        """Delete every label map of one round (the policy in ``boxsup.trainers.label_rounds`` says when)."""
+        """Delete every label map of one round (``boxsup.trainers.settings.LabelSchedule`` says when)."""
         open_location(join(str(self.root), f"round_{round_index:03d}")).remove_all()

@@ -101,8 +101,8 @@ class SBDDataset(ListedDataset):
         if unknown:
             raise BoxSupError(f"{where}: {unknown[0]!r} is not an SBD class (SBD's are VOC's: {', '.join(VOC_CLASSES)})")
         self.mapping = ClassMapping(self.classes, class_map, where=where)
-        # source class id (0..20) -> run class id, 255 where the class is dropped
-        self.source_to_run = [0] + [self.mapping.id_of(n) for n in VOC_CLASSES]
+        # source class id (0..20) -> run class id, None where the class is dropped
+        self.source_to_run: list[int | None] = [0, *(self.mapping.id_of(n) for n in VOC_CLASSES)]
         if not any(self.source_to_run):
             raise BoxSupError(f"{where}: none of SBD's classes ({', '.join(VOC_CLASSES)}) is a class of this run "
                               f"({', '.join(self.classes)}); map them with class_map")

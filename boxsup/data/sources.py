@@ -167,6 +167,7 @@ def first_coco_annotations(cfg: dict[str, Any]) -> Path | None:
     if not sources or not isinstance(sources[0], dict) or sources[0].get("format") != "coco":
         return None
     spec = parse_source(sources[0], "data.sources[0]")
+    assert spec.annotations is not None  # parse_source requires it of format coco
     return spec.path(spec.annotations)
 
 
@@ -190,6 +191,7 @@ def _open_voc(spec: SourceSpec, classes: tuple[str, ...]) -> SegmentationDataset
 def _open_coco(spec: SourceSpec, classes: tuple[str, ...]) -> SegmentationDataset:
     from boxsup.data.coco import CocoDataset
 
+    assert spec.annotations is not None and spec.images is not None  # parse_source requires both of coco
     return CocoDataset(spec.path(spec.annotations), spec.path(spec.images), classes, name=spec.name,
                        class_map=spec.class_map)
 

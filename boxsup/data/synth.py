@@ -118,7 +118,7 @@ def _clutter_shape(u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np
         return (np.abs(u) <= 1) & (np.abs(v) <= rng.uniform(0.3, 1))
     if kind == 2:
         return np.abs(v) <= rng.uniform(0.08, 0.25)
-    field = smooth_noise(rng, u.shape, cells=rng.integers(3, 6))
+    field = smooth_noise(rng, u.shape, cells=int(rng.integers(3, 6)))
     return (np.hypot(u, v) + 0.6 * field) <= 0.9
 
 

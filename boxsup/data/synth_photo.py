@@ -253,7 +253,8 @@ def _ring(rng: np.random.Generator, pen: _Pen) -> None:
     """An annulus (elliptic, the hole slightly off-centre), a third of them broken by a gap."""
     ay, inner = rng.uniform(0.65, 1.0), rng.uniform(0.45, 0.7)
     pen.ellipse(0, 0, 1.0, ay)
-    pen.ellipse(*rng.uniform(-0.06, 0.06, 2), inner, inner * ay * rng.uniform(0.9, 1.1), value=0)
+    dx, dy = rng.uniform(-0.06, 0.06, 2)
+    pen.ellipse(dx, dy, inner, inner * ay * rng.uniform(0.9, 1.1), value=0)
     if rng.random() < 0.33:
         a, half = rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(15, 35))
         ends = (a - half, a + half)
@@ -462,7 +463,9 @@ def _layout(
         n = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
         extents = (0.45, 0.85) if n == 1 else (0.3, 0.65)
         labels = [int(x) for x in rng.integers(1, len(kinds) + 1, n)]
-        shapes, corners, full = [], [], []
+        shapes: list[np.ndarray] = []
+        corners: list[tuple[int, int]] = []
+        full: list[np.ndarray] = []
         for label in labels:
             kind = kinds[label - 1]
             shape = _silhouette(rng, kind, rng.uniform(*extents) * side, (int(0.95 * h), int(0.95 * w)))
@@ -482,7 +485,7 @@ def _layout(
         keep = [
             k
             for k, silhouette in enumerate(full)
-            if (seen := np.count_nonzero(instances == k)) >= MIN_VISIBLE_OWN * np.count_nonzero(silhouette)
+            if np.count_nonzero(instances == k) >= MIN_VISIBLE_OWN * np.count_nonzero(silhouette)
             and np.count_nonzero((instances == k) & ~band) >= MIN_CORE_PIXELS
         ]
         if keep:  # dropping an occluder only uncovers the objects below it

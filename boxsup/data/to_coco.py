@@ -108,7 +108,9 @@ def write_coco_copy(voc_root: str | Path, out_dir: str | Path, split_names: tupl
     summary: dict[str, Any] = {"out": str(out_dir), "splits": {}}
     for split in split_names:
         dataset = VOCDataset(voc_root, split, classes)
-        images, objects, lost, masked_without_objects, void_regions = [], [], 0, 0, 0
+        images: list[dict[str, Any]] = []
+        objects: list[dict[str, Any]] = []
+        lost, masked_without_objects, void_regions = 0, 0, 0
         for number, ann in enumerate(dataset.load_annotations(skip_bad=False), start=1):
             file_name = f"{ann.image_id}.jpg"
             _link_or_copy(dataset.image_path(ann.image_id), out_dir / split / file_name)

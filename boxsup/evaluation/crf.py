@@ -51,7 +51,7 @@ class CRFParams:
         if name not in RANGES:
             raise BoxSupError(f"{source}: unknown config key {key!r}")
         try:
-            number = checked_number(key, value, cls.__dataclass_fields__[name].default)
+            number = checked_number(key, value, getattr(cls(), name))  # the default's type is the setting's
         except BoxSupError as exc:
             raise BoxSupError(f"{source}: {exc}") from None
         if number not in RANGES[name]:
@@ -66,7 +66,8 @@ class CRFParams:
         params = section.get("crf_params") if isinstance(section, dict) else None
         if params is not None and not isinstance(params, dict):
             raise BoxSupError(f"{source}: config key {CONFIG_KEY}: expected a mapping, got {params!r}")
-        return cls(**{name: cls.checked(name, value, source) for name, value in (params or {}).items()})
+        checked: dict[str, Any] = {name: cls.checked(name, value, source) for name, value in (params or {}).items()}
+        return cls(**checked)
 
     def settings(self) -> dict[str, Any]:
         """As the ``eval.crf_params`` mapping of a config."""

@@ -134,6 +134,7 @@ class EvalData:
     def _reader(self, checkpoint: str | Path, classes: tuple[str, ...]) -> SegmentationDataset:
         """The split's reader; a class list that differs from ``classes`` is one line."""
         if self.config is None:
+            assert self.root is not None, "EvalData takes a root or a config"
             _check_dataset_classes(checkpoint, classes, Path(self.root))
             dataset = VOCDataset(self.root, self.split, classes)
             dataset.scored = True

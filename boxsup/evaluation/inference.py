@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, cast
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ def predict_probs_batch(model: nn.Module, images: torch.Tensor, scales: Sequence
     model.eval()
     try:
         with torch.no_grad():
-            return sum(_probs_at_scale(model, images, scale) for scale in scales) / len(scales)
+            return cast(torch.Tensor, sum(_probs_at_scale(model, images, scale) for scale in scales)) / len(scales)
     finally:
         model.train(was_training)
 

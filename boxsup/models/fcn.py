@@ -135,6 +135,7 @@ def build_model(backbone: str, num_classes: int, weights: str = "none", output_s
         if spec is not None:
             _copy_imagenet_backbone(model, _fetch_imagenet(spec.imagenet, spec.arch), spec, "torchvision IMAGENET1K_V1")
         else:
+            assert isinstance(model, LargeFOV)  # check_model_settings refuses imagenet for small
             _copy_vgg16(model, _fetch_imagenet(VGG16_Weights.IMAGENET1K_V1, "VGG-16"), source="torchvision IMAGENET1K_V1")
     elif weights != "none":
         _load_local(model, Path(weights), spec)
@@ -169,9 +170,8 @@ def check_model_settings(backbone: str, weights: str, output_stride: int | None)
 def on_device(model: nn.Module, device: torch.device) -> nn.Module:
     """The model on ``device``, its weights in channels-last layout (feed it channels-last batches).
 
-    oneDNN's CPU convolutions run channels-last about 1.3x faster in training and 2x in inference
-    than in the default layout (the small FCN, one thread); cuDNN's on an H200 1.15-1.6x in training
-    (docs/benchmarks.md). Outputs follow the weights' layout.
+    oneDNN's CPU convolutions and cuDNN's run faster channels-last than in the default layout, in
+    training and inference (docs/benchmarks.md). Outputs follow the weights' layout.
     """
     return model.to(device).to(memory_format=torch.channels_last)
 
@@ -213,18 +213,18 @@ def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, dilation
 
 
 def _upsample_to(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    return upsample_logits(logits, tuple(images.shape[-2:]))
+    height, width = images.shape[-2:]
+    return upsample_logits(logits, (height, width))
 
 
-def _init_weights(model: nn.Module) -> None:
+def _init_weights(model: LargeFOV | SmallFCN) -> None:
     """Kaiming-normal convolutions with zero biases; the classifier gets N(0, 0.01) as in DeepLab."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-    nn.init.normal_(model.classifier.weight, std=0.01)
-    nn.init.zeros_(model.classifier.bias)
+    nn.init.normal_(model.classifier.weight, std=0.01)  # its bias was zeroed with the other convolutions'
 
 
 def _fetch_imagenet(weights: WeightsEnum, arch: str) -> dict[str, torch.Tensor]:
@@ -277,11 +277,12 @@ def _load_local(model: nn.Module, path: Path, spec: TorchvisionBackbone | None) 
 def _copy_imagenet_backbone(model: nn.Module, state: dict[str, torch.Tensor], spec: TorchvisionBackbone, source: str) -> None:
     """Copy an ImageNet classification state dict into ``model.backbone``; its head keeps its fresh weights."""
     picked = backbone_state(model, state, spec.imagenet_prefix)
-    problem = fit_problem(model.backbone, picked)
+    backbone = model.get_submodule("backbone")
+    problem = fit_problem(backbone, picked)
     if problem is not None:
         raise BoxSupError(f"model.weights: {source} is neither this model's state dict nor an ImageNet "
                           f"{spec.arch} one: {problem}")
-    model.backbone.load_state_dict(picked)
+    backbone.load_state_dict(picked)
 
 
 def _unwrap_checkpoint(state: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -335,6 +336,7 @@ def _copy_vgg16(model: LargeFOV, vgg: dict[str, torch.Tensor], source: str) -> N
     if fc_shapes == [(4096, 512 * 7 * 7), (4096, 4096)]:
         with torch.no_grad():
             fc6 = vgg["classifier.0.weight"].view(4096, 512, 7, 7)[::4, :, ::3, ::3]
+            assert model.fc6.bias is not None and model.fc7.bias is not None  # Conv2d's default bias=True
             model.fc6.weight.copy_(fc6)
             model.fc6.bias.copy_(vgg["classifier.0.bias"][::4])
             model.fc7.weight.copy_(vgg["classifier.3.weight"][::4, ::4].reshape(1024, 1024, 1, 1))

@@ -10,7 +10,7 @@ whole head the new-layer learning rate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +104,8 @@ def _deeplabv3_mobilenet(num_classes: int, output_stride: int) -> nn.Module:
     """torchvision's DeepLabV3-MobileNetV3 (ASPP rates 12, 24, 36); ``output_stride`` is always 16 here."""
     features, stages = _mobilenet_features()
     body = IntermediateLayerGetter(features, return_layers={str(stages[-1]): "out"})
-    return DeepLabV3Logits(body, _deeplab_head(features[stages[-1]].out_channels, num_classes, (12, 24, 36)),
+    channels = cast(int, features[stages[-1]].out_channels)
+    return DeepLabV3Logits(body, _deeplab_head(channels, num_classes, (12, 24, 36)),
                            aux_classifier=None)
 
 
@@ -140,7 +141,7 @@ def backbone_state(model: nn.Module, classification: dict[str, torch.Tensor], pr
     (older torchvision files do) are taken from the model: they play no part in inference or training.
     """
     picked = {}
-    for key, value in model.backbone.state_dict().items():
+    for key, value in model.get_submodule("backbone").state_dict().items():
         if prefix + key in classification:
             picked[key] = classification[prefix + key]
         elif key.endswith("num_batches_tracked"):

@@ -19,8 +19,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from boxsup.utils.files import write_text_atomic
+
+if TYPE_CHECKING:
+    import psutil  # at run time only the guard process (watch) imports it
 
 POLL_SECONDS = 0.5
 KILLED_TAG = "driver process died (killed?) while the run was open; continue it with `boxsup train --resume`"
@@ -61,7 +65,7 @@ def driver_guard() -> DriverGuard:
     return _guard
 
 
-def _kill_recorded(recorded: dict[int, "psutil.Process"]) -> None:
+def _kill_recorded(recorded: dict[int, psutil.Process]) -> None:
     import psutil
 
     alive = []

@@ -28,15 +28,14 @@ from boxsup.data.sources import build_datasets, resolve_classes, training_annota
 from boxsup.errors import BoxSupError
 from boxsup.models import check_model_settings, model_from_config
 from boxsup.models.kernels import check_deterministic_backbone
-from boxsup.proposals.generate import MAX_SIDE, build_store, store_meta
-from boxsup.proposals.store import ORIGIN_KEYS, ProposalStore
 from boxsup.platform.assign_pool import LocalAssignmentPool
 from boxsup.platform.context import LocalContext
+from boxsup.platform.guard import driver_guard
 from boxsup.platform.proposal_tasks import build_store_on_ray
 from boxsup.platform.ray_train import fit_with_ray, init_ray
-from boxsup.platform.guard import driver_guard
-from boxsup.platform.tracking import (RunLogger, check_tracking_store, end_run, reopen_run, start_run,
-                                      tracking_uri)
+from boxsup.platform.tracking import RunLogger, check_tracking_store, end_run, reopen_run, start_run, tracking_uri
+from boxsup.proposals.generate import MAX_SIDE, BuildReport, build_store, store_meta
+from boxsup.proposals.store import ORIGIN_KEYS, ProposalStore
 from boxsup.serving.mlflow_model import log_run_model
 from boxsup.trainers.job import TrainingJob
 from boxsup.trainers.loop import USER_ERROR_FILE, train_worker
@@ -125,6 +124,7 @@ def complete_store(store: ProposalStore, cfg: dict[str, Any], dataset: Segmentat
         log.info("building %s proposals into %s", method, store.root)
         settings = (method, cfg["proposals"]["max_candidates"], cfg["seed"])
         max_side = cfg["proposals"].get("max_side", MAX_SIDE)
+        report: BuildReport
         if cfg["ray"]["num_workers"] > 0:  # a run on Ray: tasks over every CPU of the cluster
             init_ray(cfg)
             report = build_store_on_ray(dataset, cfg["data"], store, *settings, progress, ids=wanted, max_side=max_side)

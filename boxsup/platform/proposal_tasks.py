@@ -30,8 +30,15 @@ from tqdm import tqdm
 from boxsup.data.dataset import SegmentationDataset
 from boxsup.data.sources import build_training_set
 from boxsup.errors import BoxSupError
-from boxsup.proposals.generate import (MAX_CANDIDATES, MAX_SIDE, NO_CANDIDATE, UNREADABLE, BuildReport, generator,
-                                      prepare_store)
+from boxsup.proposals.generate import (
+    MAX_CANDIDATES,
+    MAX_SIDE,
+    NO_CANDIDATE,
+    UNREADABLE,
+    BuildReport,
+    generator,
+    prepare_store,
+)
 from boxsup.proposals.store import ProposalStore
 from boxsup.utils.storage import canonical
 

@@ -56,7 +56,7 @@ def start_ray(address: str | None, min_cpus: float = 0.0) -> None:
     # One machine is never preempted: no watcher actor per run (one process less to start on 2 cores).
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # Ray Train's controller polls its workers every 2 s by default, and a run's start and end wait on
-    # those polls: every 0.5 s, a local run starts and ends about 7 s sooner (docs/benchmarks.md).
+    # those polls: every 0.5 s, a local run starts and ends sooner (docs/benchmarks.md).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     ray.init(num_cpus=max(os.cpu_count() or 1, int(min_cpus + 0.999)))
 
@@ -114,7 +114,8 @@ def fit_with_ray(
         run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
                              failure_config=FailureConfig(max_failures=r["max_failures"]),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),  # the last and the one being written
-                             callbacks=[TuneReportCallback()] if report_to_tune else None),
+                             # Tune's report callback is a Train callback at run time; Ray's annotations disagree
+                             callbacks=[TuneReportCallback()] if report_to_tune else None),  # type: ignore[list-item]
     )
     run_files = open_location(run_dir)
     try:

@@ -25,7 +25,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -37,8 +37,8 @@ METRIC, MODE, TIME_ATTR = "val_miou", "max", "epoch"  # what the training loop r
 TOP_LEVEL = ("params", "num_samples", "max_concurrent_trials", "resources_per_trial", "scheduler")
 RESOURCES: dict[str, float] = {"cpu": 1.0, "gpu": 0.0}
 ASHA_DEFAULTS: dict[str, Any] = {"max_t": 100, "grace_period": 1, "reduction_factor": 4, "brackets": 1}  # Ray's
-DISCRETE = {"grid": tune.grid_search, "choice": tune.choice}
-RANGES = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
+DISCRETE: dict[str, Callable[..., Any]] = {"grid": tune.grid_search, "choice": tune.choice}
+RANGES: dict[str, Callable[..., Any]] = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
 
 
 @dataclass

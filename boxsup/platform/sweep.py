@@ -26,11 +26,11 @@ from mlflow.tracking import MlflowClient
 
 from boxsup.data.sources import build_training_set
 from boxsup.errors import BoxSupError
+from boxsup.platform.launch import absolute_paths, ensure_proposals
 from boxsup.platform.ray_train import init_ray, run_cpus
 from boxsup.platform.runs_table import SWEEP_ROLE_TAG, SWEPT_KEYS_TAG, RunRow, experiment_runs
 from boxsup.platform.search_space import METRIC, MODE, SearchSpace, apply_trial, load_search_space
 from boxsup.platform.tracking import RunLogger, check_tracking_store, experiment_id, tracking_uri
-from boxsup.platform.launch import absolute_paths, ensure_proposals
 from boxsup.utils.storage import check_output_location, join, open_location
 
 log = logging.getLogger(__name__)
@@ -202,8 +202,9 @@ def run_sweep(space_path: str | Path, cfg: dict[str, Any], experiment: str | Non
         grid = tuner.fit()
     finally:
         trials = finish_parent_run(cfg, experiment, parent_run_id, sorted(space.params))
-    errors = [trial_error(r.error) for r in grid if r.error is not None]
-    if errors and len(errors) == len(grid):
+    results = [grid[i] for i in range(len(grid))]  # a ResultGrid has __getitem__ and __len__, no __iter__
+    errors = [trial_error(r.error) for r in results if r.error is not None]
+    if errors and len(errors) == len(results):
         raise BoxSupError(f"sweep {experiment}: all {len(errors)} trials failed; the first: {errors[0]}")
     log.info("sweep %s: %d trials, %d failed", experiment, len(grid), len(errors))
     return SweepResult(experiment, tracking_uri(cfg["tracking"]["uri"]), parent_run_id, sorted(space.params), trials, errors)

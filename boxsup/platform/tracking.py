@@ -26,7 +26,6 @@ from mlflow.tracking import MlflowClient
 from boxsup.config import flatten
 from boxsup.errors import BoxSupError
 
-
 DEFAULT_URI = "sqlite:///mlflow.db"
 SERVER_CHECK_SECONDS = 5  # how long a tracking server has to answer before a command starts
 # MLflow's defaults (7 retries, backoff factor 2, 120 s per request) spend over 4 minutes on a server

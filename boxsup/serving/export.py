@@ -55,7 +55,7 @@ def export_model(model: TrainedModel, fmt: str, out: str | Path) -> ExportReport
     """Export ``model``'s network to ``out`` in ``fmt`` (torchscript or onnx), check it, then move it into place."""
     if fmt not in FORMATS:
         raise BoxSupError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    network = model.network.to("cpu", memory_format=torch.contiguous_format).eval()
+    network = model.network.to("cpu").to(memory_format=torch.contiguous_format).eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(TRACE_SHAPE, generator=generator)
     check = torch.randn(CHECK_SHAPE, generator=generator)
@@ -108,6 +108,7 @@ def _save_onnx(network: nn.Module, example: torch.Tensor, path: Path) -> None:
     dynamic = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     program = torch.onnx.export(network, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
                                 dynamic_shapes=({**dynamic},), external_data=False, verbose=False)
+    assert program is not None  # the dynamo exporter always returns its program
     program.save(str(path), external_data=False)  # one file: the weights inside (well under ONNX's 2 GB)
 
 

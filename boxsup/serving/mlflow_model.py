@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from boxsup.models.checkpoint import load_checkpoint
-from boxsup.utils.storage import read_file
-from boxsup.models import on_device
-from boxsup.serving import MODEL_NAME
 from boxsup.evaluation.inference import predict_label_maps
+from boxsup.models import on_device
+from boxsup.models.checkpoint import load_checkpoint
+from boxsup.serving import MODEL_NAME
 from boxsup.serving.trained_model import LOADER_MODULE, TrainedModel, mlflow_store, model_from_checkpoint, pick_device
+from boxsup.utils.storage import read_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
 INPUT_FORMAT = "uint8 RGB images (N, H, W, 3) of one size -> uint8 label maps (N, H, W) of class ids"

@@ -7,7 +7,7 @@ and the metrics sink (an MLflow run); the loop in ``boxsup.trainers.loop`` sees 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from boxsup.data.annotations import ImageAnnotation
+from boxsup.trainers.settings import RunSettings
 from boxsup.utils.faults import Fault
 
 
@@ -61,10 +62,11 @@ class LabelPool(Protocol):
 
 @dataclass
 class TrainingJob:
-    """One run's work for a worker: the config, the training annotations, where labels, proposals and
-    files go, and the pool, sink and context to use (``context`` None: the launcher sets one per worker)."""
+    """One run's work for a worker: the config (and its typed ``settings``, made from it once), the
+    training annotations, where labels, proposals and files go, and the pool, sink and context to use
+    (``context`` None: the launcher sets one per worker)."""
 
-    config: dict[str, Any]
+    config: dict[str, Any]  # the validated run config: its data and model sections build the datasets and network
     annotations: list[ImageAnnotation]
     run_dir: str
     label_store: str
@@ -75,3 +77,7 @@ class TrainingJob:
     progress: bool = True
     fault: Fault | None = None  # the recovery tests' injected faults (BOXSUP_FAULT)
     driver_pid: int | None = None  # the launching process, for the kill-driver fault
+    settings: RunSettings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings = RunSettings.from_config(self.config)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from typing import cast
 
 import numpy as np
 import torch
@@ -205,7 +206,10 @@ def label_round_batches(dataset: SegmentationDataset, proposal_store: str, annot
 def device_images(items: Sequence[LabelItem], device: torch.device) -> torch.Tensor:
     """The items' pictures (one size) as a normalised float32 batch (N, 3, H, W), channels-last, on
     ``device``: they travel as uint8, from pinned memory without waiting where the device is a GPU."""
-    batch = torch.stack([item.image for item in items])
+    pictures = [item.image for item in items]
+    if any(picture is None for picture in pictures):
+        raise ValueError("device_images: every item needs its picture (same_size_groups leaves out those without)")
+    batch = torch.stack(cast(list[torch.Tensor], pictures))
     if device.type == "cuda":
         batch = batch.pin_memory()
     return normalize_batch(batch.to(device, non_blocking=True).permute(0, 3, 1, 2))
@@ -214,5 +218,9 @@ def device_images(items: Sequence[LabelItem], device: torch.device) -> torch.Ten
 def same_size_groups(items: list[LabelItem]) -> list[list[LabelItem]]:
     """The items with an image, grouped by image size (a batch from ``size_batches`` is one group
     unless a decoded image differs from its annotation's size)."""
-    ready = sorted((i for i in items if i.image is not None), key=lambda i: (tuple(i.image.shape), i.index))
-    return [list(g) for _, g in groupby(ready, key=lambda i: tuple(i.image.shape))]
+    ready = sorted((i for i in items if i.image is not None), key=lambda i: (_size(i), i.index))
+    return [list(g) for _, g in groupby(ready, key=_size)]
+
+
+def _size(item: LabelItem) -> tuple[int, ...]:
+    return tuple(item.image.shape) if item.image is not None else ()

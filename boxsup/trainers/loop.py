@@ -22,23 +22,19 @@ import json
 import logging
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from boxsup.assign.diagnostics import ChoiceDiagnostics
-from boxsup.assign.rule import LabelUpdateRule
-from boxsup.data.annotations import ImageAnnotation, Supervision
-from boxsup.data.label_store import LabelStore
+from boxsup.data.annotations import Supervision
 from boxsup.data.dataset import SegmentationDataset
+from boxsup.data.label_store import LabelStore
 from boxsup.data.sources import build_datasets
 from boxsup.errors import BoxSupError
-from boxsup.evaluation.crf import CRFParams
 from boxsup.evaluation.evaluate import evaluate
 from boxsup.evaluation.figures import confusion_figure, label_evolution_figure
 from boxsup.evaluation.metrics import ConfusionMatrix
@@ -47,155 +43,26 @@ from boxsup.models.checkpoint import non_finite_names
 from boxsup.models.kernels import configure_kernels, untuned_cudnn
 from boxsup.models.precision import FP32, Precision, resolve_precision
 from boxsup.trainers.artifacts import publish
-from boxsup.trainers.epoch import EpochLoss, batch_log_probs, train_one_epoch
+from boxsup.trainers.epoch import EpochLoss, train_one_epoch
 from boxsup.trainers.job import MetricsSink, TrainingJob, WorkerContext
-from boxsup.trainers.label_rounds import figure_rounds, planned_rounds, rounds_to_delete
-from boxsup.trainers.label_inputs import (
-    AtomSums,
-    SplitAtomCache,
-    device_images,
-    label_round_batches,
-    reduce_to_atoms,
-    same_size_groups,
-)
-from boxsup.trainers.weight_average import WeightAverage
+from boxsup.trainers.label_inputs import SplitAtomCache
+from boxsup.trainers.label_round import label_round
+from boxsup.trainers.settings import EvalSettings
 from boxsup.trainers.training_set import EpochSampler, TrainingSet, loader_workers
+from boxsup.trainers.weight_average import WeightAverage
 from boxsup.utils.faults import Fault, kill
 from boxsup.utils.storage import open_location
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RoundSummary:
-    """One label-update round, summed over all workers."""
-
-    labelled: list[str]
-    skipped: Counter
-    boxes: int
-    chosen_cost_sum: float
-    confusions: dict[str, np.ndarray]  # "chosen" (the painted labels), "eo_best", "oracle", "kept" (the
-    # painted labels off the void pixels): vs the audit images' masks
-    diagnostics: ChoiceDiagnostics
-    seconds: float
-    cache_mb: float | None = None  # MiB the actors' pool caches hold after the round (rank 0 only)
-
-    def metrics(self) -> dict[str, float | None]:
-        """``pseudo_miou`` (the round's labels), ``pseudo_miou_eo_best`` / ``_oracle`` (the box's or the
-        best available choice, on the same images), ``pseudo_miou_kept`` / ``void_share`` (with
-        ``assign.void_k``: the labels off the void pixels, the share painted void), the choice
-        diagnostics, cost, skips and time."""
-        out: dict[str, float | None] = {}
-        for name, matrix in self.confusions.items():
-            confusion = ConfusionMatrix(len(matrix))
-            confusion.matrix = matrix.astype(np.int64)
-            out["pseudo_miou" if name == "chosen" else f"pseudo_miou_{name}"] = confusion.compute().miou if matrix.sum() else None
-        kept, painted = self.confusions["kept"].sum(), self.confusions["chosen"].sum()
-        out["void_share"] = 1.0 - kept / painted if kept else None  # only with assign.void_k
-        return out | self.diagnostics.metrics() | {
-            "mean_chosen_cost": self.chosen_cost_sum / max(self.boxes, 1),
-            "skipped_images": float(sum(self.skipped.values())), "label_update_seconds": self.seconds,
-            "assign_cache_mb": self.cache_mb}
-
-
-CONFUSIONS = ("chosen", "eo_best", "oracle", "kept")
-
-
-def summarize_round(ctx: WorkerContext, results: list, num_classes: int, started: float) -> tuple[RoundSummary, list[tuple[str, str | None]]]:
-    """Every worker's image results, summed over the workers; and every (image id, skip reason)."""
-    n = num_classes
-    confusions = np.zeros((len(CONFUSIONS), n * n))
-    diagnostics = ChoiceDiagnostics()
-    for r in results:
-        for row, name in enumerate(CONFUSIONS):
-            for index, count in (r.confusion if name == "chosen" else r.reference_confusions.get(name, {})).items():
-                confusions[row, index] += count
-        if r.diagnostics is not None:
-            diagnostics = diagnostics + r.diagnostics
-    totals = ctx.all_reduce(np.array([sum(r.boxes for r in results), sum(r.chosen_cost_sum for r in results),
-                                      *diagnostics.as_tuple()], dtype=np.float64))
-    confusions = ctx.all_reduce(confusions).reshape(len(CONFUSIONS), n, n)
-    outcomes = [item for part in ctx.all_gather([(r.image_id, r.skipped) for r in results]) for item in part]
-    labelled = sorted(i for i, why in outcomes if why is None)
-    skipped = Counter(why for _, why in outcomes if why is not None)
-    diagnostics = ChoiceDiagnostics.from_tuple(totals[2:])
-    return RoundSummary(labelled, skipped, int(totals[0]), float(totals[1]), dict(zip(CONFUSIONS, confusions)),
-                        diagnostics, time.perf_counter() - started), outcomes
-
-
-def label_round(
-    ctx: WorkerContext, job: TrainingJob, model: torch.nn.Module | None, round_index: int,
-    box_images: list[ImageAnnotation], dataset: SegmentationDataset, progress: bool, previous_round: int | None = None,
-    cache: SplitAtomCache | None = None, precision: Precision = FP32, reported: set[tuple[str, str]] | None = None,
-) -> RoundSummary:
-    """One round over every box image: this worker's share through the network, all through the pool.
-
-    The share goes through the network in batches of one image size, decoded (and its atom map split,
-    unless ``cache`` holds it from an earlier round) in ``train.loader_workers`` processes; the network
-    runs under ``precision``, and each image's costs are reduced, in float32, to per-atom means on the
-    model's device. A skipped image is logged the first time its reason is not in ``reported``.
-    """
-    started = time.perf_counter()
-    reported = reported if reported is not None else set()
-    cfg, pool = job.config, job.pool
-    kind = cfg["assign"]["pixel_cost"]
-    flip = LabelUpdateRule.from_config(cfg).score_flip
-    train = cfg.get("train", {})
-    use_network = model is not None and cfg["assign"]["lam"] != 0
-    mine = box_images[ctx.rank :: ctx.world]
-    scored = [a for a in mine if use_network and a.boxes]
-    scored_ids = {a.image_id for a in scored}
-    for ann in mine:  # E_o alone: nothing to compute on this side
-        if ann.image_id not in scored_ids:
-            pool.submit(round_index, ann.image_id, None, previous_round)
-    cache = cache if cache is not None else SplitAtomCache(0)
-    batches = label_round_batches(dataset, job.proposal_store, scored, cache,
-                                  max(1, train.get("batch_size", 1) // ctx.world),
-                                  loader_workers(train.get("loader_workers"), ctx.device))
-    queued: list[tuple[list[str], AtomSums]] = []  # a batch's sums travel to the host while the next is queued
-    failed: list[str] = []
-
-    def submit_queued() -> None:
-        for image_ids, sums in queued:
-            for image_id, means in zip(image_ids, sums.means()):
-                pool.submit(round_index, image_id, means, previous_round)
-        for image_id in failed:  # a missing or corrupt proposal file: the actor reports the image as skipped
-            pool.submit(round_index, image_id, None, previous_round)
-
-    with untuned_cudnn(), tqdm(total=len(scored), desc=f"labels[round {round_index}]", leave=False,
-                                disable=not progress, unit="img") as bar:
-        for items in batches:
-            launched = []
-            for group in same_size_groups(items):
-                image_ids = [scored[item.index].image_id for item in group]
-                for item, image_id in zip(group, image_ids):
-                    if item.split is not None:
-                        cache.put(image_id, item.split)
-                splits = [item.split if item.split is not None else cache.get(i) for item, i in zip(group, image_ids)]
-                log_probs = batch_log_probs(model, device_images(group, ctx.device), ctx.device, flip, precision)
-                launched.append((image_ids, reduce_to_atoms(splits, log_probs, kind)))
-            submit_queued()
-            queued, failed = launched, [scored[item.index].image_id for item in items if item.image is None]
-            bar.update(len(items))
-        submit_queued()
-    summary, outcomes = summarize_round(ctx, pool.collect(), dataset.num_classes, started)
-    summary.cache_mb = pool.cache_mb() if ctx.rank == 0 else None
-    for image_id, why in outcomes:
-        if why is not None and ctx.rank == 0 and (image_id, why) not in reported:
-            reported.add((image_id, why))
-            log.warning("%s: %s; skipped in round %d (logged once: every round counts it in skipped_images)",
-                        image_id, why, round_index)
-    return summary
-
-
-def distributed_evaluate(ctx: WorkerContext, model: torch.nn.Module, dataset: SegmentationDataset, cfg: dict,
-                         progress: bool, precision: Precision = FP32) -> ConfusionMatrix:
+def distributed_evaluate(ctx: WorkerContext, model: torch.nn.Module, dataset: SegmentationDataset,
+                         settings: EvalSettings, progress: bool, precision: Precision = FP32) -> ConfusionMatrix:
     """Every worker scores its share of the split, the network under ``precision`` (probabilities, CRF and
-    scores in float32); the confusion matrices are summed."""
-    crf_params = CRFParams.of_config(cfg)
+    scores in float32; cuDNN untuned: whole images come in many sizes); the confusion matrices are summed."""
     with precision.autocast(ctx.device), untuned_cudnn():
-        confusion = evaluate(model, dataset, ctx.device, tuple(cfg["eval"]["scales"]), cfg["eval"]["crf"], progress,
-                             ids=dataset.ids[ctx.rank :: ctx.world], crf_params=crf_params)
+        confusion = evaluate(model, dataset, ctx.device, settings.scales, settings.crf, progress,
+                             ids=dataset.ids[ctx.rank :: ctx.world], crf_params=settings.crf_params)
     confusion.matrix = ctx.all_reduce(confusion.matrix).astype(np.int64)
     return confusion
 
@@ -233,13 +100,13 @@ def final_artifacts(job: TrainingJob, logger: MetricsSink, model, confusion: Con
     names = ["background", *classes]
     scores = confusion.compute()
     class_iou = {name: float(v) for name, v in zip(names, scores.class_iou)}
-    logger.log_metrics({f"val_iou_{n}": v for n, v in class_iou.items() if np.isfinite(v)}, step=job.config["train"]["epochs"])
+    logger.log_metrics({f"val_iou_{n}": v for n, v in class_iou.items() if np.isfinite(v)}, step=job.settings.train.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp)
         confusion_figure(confusion.matrix, names, local / "confusion_matrix.png")
         publish(local / "confusion_matrix.png", run_dir, logger, "figures")
         if rounds:
-            chosen = figure_rounds(planned_rounds(job.config))  # kept by the retention policy
+            chosen = job.settings.schedule.figure_rounds()  # kept by the retention policy
             rows = label_evolution_rows(annotations, dataset, LabelStore(job.label_store), chosen)
             if rows:
                 label_evolution_figure(rows, local / "label_evolution.png")
@@ -263,6 +130,8 @@ def train_worker(job: TrainingJob) -> None:
     run_dir = open_location(job.run_dir)
     if run_dir.exists(USER_ERROR_FILE):
         return
+    if job.context is None:
+        raise ValueError("train_worker: the job has no worker context (the launcher sets one)")
     try:
         _train(job.context, job)
     except BoxSupError as exc:
@@ -270,14 +139,45 @@ def train_worker(job: TrainingJob) -> None:
         raise
 
 
+@dataclass
+class Resumed:
+    """Where a worker's loop starts: the first epoch to train, the label round in use and its images."""
+
+    start_epoch: int = 0
+    label_round: int = 0
+    labelled: list[str] = field(default_factory=list)
+    from_checkpoint: bool = False
+
+
+def restore_state(ctx: WorkerContext, job: TrainingJob, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  scheduler: torch.optim.lr_scheduler.StepLR, average: WeightAverage | None) -> Resumed:
+    """The latest checkpoint's weights, optimizer, schedule and weight average loaded (the learning rates
+    rebased on ``train.lr``); a fresh start where there is none. NaN or infinite weights are refused."""
+    state = ctx.load_checkpoint()
+    if state is None:
+        return Resumed()
+    if bad := non_finite_names(state["model"]):
+        raise BoxSupError(f"{job.run_dir}: the checkpoint of epoch {state['epoch']} holds NaN or infinite weights "
+                          f"(e.g. {bad[0]}); start a new run with a lower train.lr")
+    model.load_state_dict(state["model"])
+    if average is not None and "weight_average" in state:
+        average.load_state_dict(state["weight_average"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rebase_learning_rate(optimizer, scheduler, parameter_groups(model, job.settings.train.lr))
+    log.info("resuming after epoch %d (labels of round %d) at learning rate %g", state["epoch"], state["label_round"],
+             optimizer.param_groups[0]["lr"])
+    return Resumed(state["epoch"] + 1, state["label_round"], state["labelled"], from_checkpoint=True)
+
+
 def _train(ctx: WorkerContext, job: TrainingJob) -> None:
-    cfg, t = job.config, job.config["train"]
+    cfg, settings = job.config, job.settings
+    t, seed = settings.train, settings.seed
     progress = ctx.rank == 0 and job.progress
-    seed = cfg["seed"]
     torch.manual_seed(seed)
-    if t["num_threads"]:
-        torch.set_num_threads(t["num_threads"])
-    configure_kernels(ctx.device, t.get("deterministic", False))  # False for a run recorded before the key
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    configure_kernels(ctx.device, t.deterministic)
     train_data, val_data = build_datasets(cfg)
     classes = train_data.classes
     annotations = job.annotations
@@ -285,51 +185,36 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
     mask_images = [a for a in annotations if a.supervision == Supervision.MASK]
 
     model = on_device(model_from_config(cfg["model"], train_data.num_classes), ctx.device)
-    optimizer = torch.optim.SGD(parameter_groups(model, t["lr"]), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t["lr_step"], gamma=t["lr_gamma"])
-    start_epoch, label_round_index, labelled = 0, 0, []
-    decay = LabelUpdateRule.from_config(cfg).ema
-    average = WeightAverage(model, decay) if decay > 0 else None
-    state = ctx.load_checkpoint()
-    if state is not None:
-        if bad := non_finite_names(state["model"]):
-            raise BoxSupError(f"{job.run_dir}: the checkpoint of epoch {state['epoch']} holds NaN or infinite weights "
-                              f"(e.g. {bad[0]}); start a new run with a lower train.lr")
-        model.load_state_dict(state["model"])
-        if average is not None and "weight_average" in state:
-            average.load_state_dict(state["weight_average"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rebase_learning_rate(optimizer, scheduler, parameter_groups(model, t["lr"]))
-        start_epoch, label_round_index, labelled = state["epoch"] + 1, state["label_round"], state["labelled"]
-        log.info("resuming after epoch %d (labels of round %d) at learning rate %g", state["epoch"], label_round_index,
-                 optimizer.param_groups[0]["lr"])
-    precision = resolve_precision(precision_setting(t), ctx.device)
+    optimizer = torch.optim.SGD(parameter_groups(model, t.lr), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
+    average = WeightAverage(model, settings.rule.ema) if settings.rule.ema > 0 else None
+    resumed = restore_state(ctx, job, model, optimizer, scheduler, average)
+    label_round_index, labelled = resumed.label_round, resumed.labelled
+    precision = resolve_precision(t.precision, ctx.device)
     network = ctx.wrap_model(model)
-    if t.get("compile"):
-        network = torch.compile(network)
+    if t.compile:
+        network = cast(torch.nn.Module, torch.compile(network))  # an OptimizedModule: a Module that compiles
     scaler = precision.grad_scaler(ctx.device)
     logger = job.logger if ctx.rank == 0 else None
     logged = logger.logged_steps("train_loss") if logger is not None else set()  # by an earlier attempt
     fault: Fault | None = job.fault
     labels = LabelStore(job.label_store)
-    training_set = TrainingSet(train_data, mask_images + box_images, labels, cfg["data"]["crop_size"], seed)
+    training_set = TrainingSet(train_data, mask_images + box_images, labels, t.crop_size, seed)
     position = {a.image_id: i for i, a in enumerate(training_set.annotations)}
     sampler = EpochSampler(ctx.world, ctx.rank, seed)
-    workers = loader_workers(t["loader_workers"], ctx.device)
-    loader = DataLoader(training_set, batch_size=max(1, t["batch_size"] // ctx.world), sampler=sampler,
+    workers = loader_workers(t.loader_workers, ctx.device)
+    loader = DataLoader(training_set, batch_size=t.batch_per_worker(ctx.world), sampler=sampler,
                         num_workers=workers, pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0,
                         prefetch_factor=4 if workers else None)  # one loader for the run: its processes persist
-    rounds = labels.rounds(up_to=label_round_index) if state is not None else []
+    rounds = labels.rounds(up_to=label_round_index) if resumed.from_checkpoint else []
     confusion = None
-    split_atoms = SplitAtomCache(int(t["label_cache_mb"] * 2**20))  # kept across rounds
+    split_atoms = SplitAtomCache(int(t.label_cache_mb * 2**20))  # kept across rounds
     reported_skips: set[tuple[str, str]] = set()  # (image id, reason) of skips already logged
 
-    for epoch in range(start_epoch, t["epochs"]):
+    for epoch in range(resumed.start_epoch, t.epochs):
         seed_epoch(seed, epoch, ctx.rank)
         metrics: dict[str, float | None] = {}
-        update = epoch == 0 or (cfg["assign"]["update"] and epoch >= cfg["assign"]["warmup_epochs"])
-        if box_images and update:
+        if box_images and settings.schedule.updates_in(epoch):
             scorer = (average.model if average is not None else model) if epoch else None
             summary = label_round(ctx, job, scorer, epoch, box_images, train_data, progress,
                                   previous_round=rounds[-1] if rounds else None, cache=split_atoms, precision=precision,
@@ -356,8 +241,8 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
             average.update(model)
         scheduler.step()
         metrics.update(train_loss=loss, lr=lr, epoch_seconds=time.perf_counter() - started)
-        if epoch == t["epochs"] - 1 or (epoch + 1) % cfg["eval"]["every"] == 0:
-            confusion = distributed_evaluate(ctx, model, val_data, cfg, progress, precision)
+        if epoch == t.epochs - 1 or (epoch + 1) % settings.eval.every == 0:
+            confusion = distributed_evaluate(ctx, model, val_data, settings.eval, progress, precision)
             scores = confusion.compute()
             metrics.update(val_miou=scores.miou, val_pixel_accuracy=scores.pixel_accuracy)
         with tempfile.TemporaryDirectory() as tmp:
@@ -368,7 +253,7 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
             ctx.report({k: v for k, v in ordered.items() if v is not None} | {"epoch": epoch},
                        Path(tmp) if ctx.rank == 0 else None)
         if ctx.rank == 0:  # the checkpoint now saved reads round label_round_index: older ones may go
-            for old_round in rounds_to_delete(cfg, labels.rounds(up_to=epoch), label_round_index):
+            for old_round in settings.schedule.rounds_to_delete(labels.rounds(up_to=epoch), label_round_index):
                 labels.remove_round(old_round)
         if logger is not None and epoch not in logged:  # a re-run epoch has the same values: log them once
             logger.log_metrics(metrics, step=epoch)
@@ -378,14 +263,9 @@ def _train(ctx: WorkerContext, job: TrainingJob) -> None:
             inject_fault(fault, epoch, job.driver_pid)
 
     if confusion is None:  # restarted after the last epoch's checkpoint: score the model it holds
-        confusion = distributed_evaluate(ctx, model, val_data, cfg, progress, precision)
-    if ctx.rank == 0:
+        confusion = distributed_evaluate(ctx, model, val_data, settings.eval, progress, precision)
+    if logger is not None:  # rank 0
         final_artifacts(job, logger, model, confusion, classes, annotations, train_data, rounds)
-
-
-def precision_setting(train: dict) -> str:
-    """``train.precision``; a run recorded before it existed has ``train.amp`` (true: auto, false: fp32)."""
-    return train.get("precision") or ("auto" if train.get("amp", True) else "fp32")
 
 
 def rebase_learning_rate(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.StepLR,

@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from boxsup.data.annotations import IGNORE, ImageAnnotation, Supervision
-from boxsup.data.label_store import LabelStore
 from boxsup.data.dataset import SegmentationDataset
-
+from boxsup.data.label_store import LabelStore
+from boxsup.errors import BoxSupError
 
 GPU_LOADER_WORKERS = 4  # decoding and cropping beside each GPU worker keeps it busy at VOC size
 
@@ -44,7 +44,7 @@ def random_crop_flip(
     image, target = image[y : y + size, x : x + size], target[y : y + size, x : x + size]
     if rng.random() < 0.5:
         image, target = image[:, ::-1], target[:, ::-1]
-    return np.require(image, requirements="CW"), np.require(target, requirements="CW")  # own, writable copies
+    return np.require(image, requirements=("C", "W")), np.require(target, requirements=("C", "W"))  # own, writable copies
 
 
 class EpochDraw(NamedTuple):
@@ -85,7 +85,11 @@ class TrainingSet(Dataset):
 
     def target(self, ann: ImageAnnotation, label_round: int) -> np.ndarray:
         if ann.supervision == Supervision.MASK:
-            return self.dataset.mask(ann.image_id)
+            mask = self.dataset.mask(ann.image_id)
+            if mask is None:  # supervision gives masks only to images that have one; a reader that lost it
+                raise BoxSupError(f"{self.dataset.mask_location(ann.image_id)}: {ann.image_id} trains on its mask, "
+                                  "but the mask cannot be read")
+            return mask
         return self.labels.read(label_round, ann.image_id)
 
     def __getitem__(self, draw: EpochDraw) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,15 +106,17 @@ class EpochSampler(Sampler[EpochDraw]):
 
     def __init__(self, world: int, rank: int, seed: int):
         self.world, self.rank, self.seed = world, rank, seed
-        self.epoch, self.label_round, self.images = 0, 0, []
+        self.epoch, self.label_round = 0, 0
+        self.images: list[int] = []
 
     def start_epoch(self, epoch: int, label_round: int, images: list[int]) -> None:
         """The epoch's images (indices into the training annotations, in a fixed order) and label round."""
         self.epoch, self.label_round, self.images = epoch, label_round, list(images)
 
     def _positions(self) -> DistributedSampler:
-        positions = DistributedSampler(range(len(self.images)), num_replicas=self.world, rank=self.rank, shuffle=True,
-                                       seed=self.seed)
+        positions: DistributedSampler = DistributedSampler(
+            range(len(self.images)), num_replicas=self.world, rank=self.rank, shuffle=True,  # type: ignore[arg-type]
+            seed=self.seed)  # it only takes the length of its "dataset": a range of positions is one
         positions.set_epoch(self.epoch)
         return positions
 

@@ -11,7 +11,8 @@ from typing import Generic, Protocol, TypeVar
 
 
 class Sized(Protocol):
-    nbytes: int
+    @property
+    def nbytes(self) -> int: ...
 
 
 V = TypeVar("V", bound=Sized)
