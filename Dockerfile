@@ -33,7 +33,7 @@ RUN curl -LsSf "https://astral.sh/uv/${UV_VERSION}/install.sh" | env UV_INSTALL_
     && python -c "import sys; assert sys.version.split()[0] == '${PYTHON_VERSION}', sys.version"
 
 WORKDIR /opt/boxsup
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt README.md LICENSE ./
 COPY boxsup ./boxsup
 RUN python -m pip install -c constraints.txt ".[serve]" boto3 \
     && python -c "import torch, torchvision, ray, mlflow, cv2, pydensecrf.densecrf, skimage, pycocotools"

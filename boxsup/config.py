@@ -25,26 +25,36 @@ from boxsup.utils.numbers import FRACTION, NON_NEGATIVE, POSITIVE, Range, as_num
 _RULE = LabelUpdateRule()
 
 DEFAULTS: dict[str, Any] = {
-    "seed": 0,
+    "seed": 0,  # fixes every random choice, the label draw included, whatever the number of workers or actors
     "data": {
         "root": None,  # a dataset in the VOC layout: the one-source shorthand of data.sources
-        "sources": None,  # a list of sources (name, format, root, supervision, ...): see boxsup/data/sources.py
-        "val": None,  # with data.sources: the validation source (one mapping)
-        "classes": "auto",  # auto: <root>/classes.txt if present, else the 20 VOC classes; voc; a list; a file
-        "train_split": "train",
-        "val_split": "val",
-        "supervision": "box",  # mask | box | semi
+        # a list of sources (name, format, root, split or list, or annotations and images, supervision, class_map,
+        # prefix): docs/data.md. --set 'data.sources[0].root=PATH' changes one field of one source
+        "sources": None,
+        "val": None,  # with data.sources: the validation source (one mapping); --set data.val.split=S changes one field
+        # auto: <root>/classes.txt (or the first source's) if present, else the categories of the first source's
+        # COCO JSON (id order) when it is COCO, else the 20 VOC classes; voc; a list of names; a file of names
+        "classes": "auto",
+        "train_split": "train",  # with data.root: the training list, ImageSets/Segmentation/<name>.txt (else ImageSets/Main/)
+        "val_split": "val",  # with data.root: the validation list, found the same way
+        "supervision": "box",  # mask | box | semi (masks for data.mask_fraction or data.mask_list, boxes for the rest)
         "mask_fraction": 0.1,  # semi: fraction of training images that keep their masks
         "mask_list": None,  # semi: file of image ids that keep their masks (instead of the fraction)
-        "audit_fraction": 0.0,  # images with masks treated as box-only, their masks only scoring the labels
+        # images with masks treated as box-only, their masks only scoring each round's labels (pseudo_miou and the
+        # label diagnostics in MLflow), in semi mode too
+        "audit_fraction": 0.0,
         "audit_list": None,  # file of such image ids (instead of the fraction)
-        "crop_size": 321,
+        "crop_size": 321,  # px: the square training crop (a smaller image is padded first)
     },
     "proposals": {
-        "method": "ss",  # ss | grabcut | rectangles | mcg (imported: boxsup proposals import)
-        "store": None,  # default: <output.dir>/proposals/<dataset>-<hash>-<split>-<method>-<max_candidates>
+        "method": "ss",  # ss (Selective Search masks) | grabcut | rectangles | mcg (imported: boxsup proposals import)
+        # path or URI, built on first use if missing. Default (null): one store per data and proposal settings,
+        # <output.dir>/proposals/<dataset>-<hash>-<split>-<method>-<max_candidates>
+        "store": None,
         "max_candidates": 1000,  # per image; also `boxsup proposals`'s default (the paper's setups state 2000)
-        "max_side": 640,  # px: proposals computed on a copy at most this long (VOC and COCO images as they are)
+        # px: proposals of a larger image are computed on a copy scaled to this longest side, then mapped back
+        # (memory bounded; VOC's 500 px and COCO's 640 px images are untouched)
+        "max_side": 640,
     },
     "assign": {  # the label-update rule's knobs default to LabelUpdateRule's (boxsup/assign/rule.py, the one home)
         "lam": _RULE.lam,
@@ -52,67 +62,89 @@ DEFAULTS: dict[str, Any] = {
         "update": True,  # false: labels of round 0 stay fixed (the rectangles / GrabCut baselines)
         "pixel_cost": _RULE.pixel_cost,  # e(p, l) in E_r: error = 1 - P(l|p) (bounded), xent = -log P(l|p)
         "warmup_epochs": _RULE.first_network_round,  # epochs trained on round 0's labels (E_o alone) before the network is asked
-        "form": _RULE.form,  # paper: E_o + lam E_r as in Sec. 4.3; robust: with the settings below (assign/rule.py)
-        "region_cost": _RULE.region_cost,  # E_r: iou (1 - soft IoU with the network's mask) | mean (two-region mean of e)
-        "consensus": _RULE.consensus,  # mu: weight of E_c, the disagreement with the box's near-best candidates (0: none)
-        "consensus_margin": _RULE.consensus_margin,  # the near-best: E_o within this of the box's best
+        # paper: Sec. 4.3's update (E_r the two-region mean, no E_c, the plain k lowest of every candidate, lambda at
+        # once, the last weights), whatever the keys from region_cost to void_k say; robust: as those keys say
+        "form": _RULE.form,
+        "region_cost": _RULE.region_cost,
+        "consensus": _RULE.consensus,
+        "consensus_margin": _RULE.consensus_margin,
         # draw among the k lowest costs only those within this of the lowest (null: all k)
         "sample_margin": None if math.isinf(_RULE.sample_margin) else _RULE.sample_margin,
         "greedy_round0": _RULE.greedy_round0,  # true: round 0 (no network yet) takes each box's lowest cost instead of drawing among k
         "greedy_after_lr_step": _RULE.greedy_from is not None,  # rounds from train.lr_step on take each box's lowest cost (no draw)
-        "trust_margin": _RULE.trust_margin,  # candidates with E_o within this of the box's best may be chosen (1: every one)
+        "trust_margin": _RULE.trust_margin,
         "lam_ramp": _RULE.lam_ramp,  # rounds over which lambda grows linearly from the first network round (0: at once)
         "ema": _RULE.ema,  # the network scoring candidates: EMA of the weights over epochs with this decay (0: the last)
-        "score_flip": _RULE.score_flip,  # the network scores with P averaged over the image and its mirror image
-        "void_k": _RULE.void_k,  # pixels of a box on which its void_k near-best candidates disagree are void (0: none)
+        "score_flip": _RULE.score_flip,
+        # pixels of a box on which its void_k lowest-cost candidates (within sample_margin) disagree are painted void
+        # (255) and do not train (0: none)
+        "void_k": _RULE.void_k,
         "num_actors": 2,  # Ray actors sharing the label update (each owns a shard of the proposal store)
-        "actor_cpus": 1.0,
-        "cache_mb": 2048.0,  # MiB of box-refined candidate pools each actor keeps (once full, new ones are used, not kept)
+        "actor_cpus": 1.0,  # CPUs each of those actors asks Ray for
+        # MiB of box-refined candidate pools each actor keeps (once full, new ones are used, not kept; about 0.2-0.3
+        # MiB per VOC-sized pool); logged per round as assign_cache_mb, summed over actors
+        "cache_mb": 2048.0,
     },
     "model": {
-        "backbone": "vgg16_largefov",  # vgg16_largefov | small | deeplabv3_resnet50/101 | (deeplabv3|lraspp)_mobilenet_v3_large
-        "weights": "imagenet",  # imagenet | none | path to a local state dict
-        "output_stride": None,  # null: the backbone's own; 8 or 16 for the deeplabv3_resnet backbones
+        # vgg16_largefov (the paper's DeepLab-LargeFOV), deeplabv3_resnet50/101, deeplabv3_mobilenet_v3_large,
+        # lraspp_mobilenet_v3_large (for CPUs), small (a fast CPU FCN for demos and tests); which when: docs/models.md
+        "backbone": "vgg16_largefov",
+        # imagenet: the backbone's ImageNet weights through torchvision's weights API (the head starts fresh; not
+        # for small); none; or a local file: the backbone's ImageNet state dict in torchvision's layout, or this
+        # model's own state dict or checkpoint
+        "weights": "imagenet",
+        # null: the backbone's own (8; 16 for the MobileNetV3 ones, 4 for small); 8 or 16 for the deeplabv3_resnet
+        # backbones (16 is about 3x faster, a little coarser)
+        "output_stride": None,
     },
     "train": {
-        "epochs": 45,
-        "batch_size": 20,
-        "lr": 1e-3,
-        "lr_step": 15,
-        "lr_gamma": 0.1,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
+        "epochs": 45,  # the paper's schedule: 45 epochs, lr divided by 10 every 15
+        "batch_size": 20,  # the global batch, split over the Ray Train workers
+        "lr": 1e-3,  # SGD's learning rate of the backbone; the new layers learn at 10x, biases at 2x their layer's
+        "lr_step": 15,  # epochs between learning-rate steps
+        "lr_gamma": 0.1,  # the learning rate's factor at each step
+        "momentum": 0.9,  # SGD's momentum
+        "weight_decay": 5e-4,  # SGD's weight decay
         "device": "auto",  # auto | cpu | cuda
         "num_threads": 0,  # torch CPU threads; 0 keeps torch's default
-        "loader_workers": None,  # DataLoader processes per Train worker; null: 4 on a GPU, 0 (in-process) on CPU
+        # DataLoader processes per Train worker, for training and for the label round's decoding and atom-map
+        # splitting; null: 4 on a GPU, 0 (in-process) on CPU
+        "loader_workers": None,
         "label_cache_mb": 1024,  # split atom maps a worker keeps across label rounds (375 KB per VOC image)
-        "precision": "auto",  # auto | bf16 | fp16 | fp32; auto: bf16 on a GPU that has it, else fp16; fp32 on a CPU
+        # the network's arithmetic: auto is bf16 on a GPU that has it (Ampere and later), fp16 with a gradient scaler
+        # on an older one, fp32 on a CPU; or bf16 | fp16 | fp32. Losses, costs and reductions stay float32
+        "precision": "auto",
         "compile": False,  # torch.compile the network (the first epoch pays for the compilation)
-        "deterministic": False,  # CUDA: deterministic kernels, bitwise-repeatable runs and recoveries (can be slower)
+        # CUDA: deterministic kernels, so a run and its recovery from a checkpoint are bitwise equal (slower;
+        # vgg16_largefov and small only). A CPU run is bitwise repeatable without it
+        "deterministic": False,
     },
     "eval": {
-        "crf": False,
+        "crf": False,  # the val score during training: dense CRF on the network's output
         # The dense CRF's kernels (bi_w, bi_xy_std, bi_rgb_std, pos_w, pos_xy_std, iterations): DeepLab-LargeFOV's
         # VOC values, which CRFParams (boxsup/evaluation/crf.py) owns with their ranges and meanings.
         "crf_params": CRFParams().settings(),
-        "scales": [1.0],
+        "scales": [1.0],  # test scales (the network's probabilities averaged over them)
         "every": 1,  # evaluate on val every N epochs (and always after the last)
     },
     "tracking": {
         "uri": None,  # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db (a file in the working dir)
-        "experiment": "boxsup",
-        "run_name": None,
+        "experiment": "boxsup",  # the MLflow experiment of the run
+        "run_name": None,  # the MLflow run's name and the run directory's (null: the start time, YYYYmmdd-HHMMSS)
     },
     "ray": {
         "num_workers": 2,  # Ray Train workers (data-parallel); 0 runs everything in this process
-        "use_gpu": False,
-        "cpus_per_worker": 1.0,
+        "use_gpu": False,  # one GPU per Ray Train worker
+        "cpus_per_worker": 1.0,  # CPUs each Ray Train worker asks Ray for
         "address": None,  # "auto" joins a running cluster; null starts a local Ray
         "max_failures": 2,  # Train worker failures recovered from the last checkpoint
     },
     "output": {
-        "dir": "runs",
-        "keep_label_rounds": None,  # label rounds kept: null: the last + the figures' rounds; N: the last N + those; all
+        "dir": "runs",  # run directories and default proposal stores: a path or a URI (s3://bucket/runs, docs/storage.md)
+        # label rounds kept in the run's label store: null keeps the last round and the three the label-evolution
+        # figure shows (older ones deleted once the next checkpoint is saved, so --resume still works); N keeps
+        # the last N too; all keeps every round
+        "keep_label_rounds": None,
     },
 }
 
@@ -234,6 +266,7 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
 
 
 def _tracking_uri_problem(uri: str | None) -> str | None:
+    """null or an MLflow store: sqlite:///FILE, file:DIR, http(s)://HOST, databricks, postgresql://, mysql://, mssql://"""
     scheme = uri.split(":", 1)[0].split("+", 1)[0] if uri else None
     if uri is None or (scheme in TRACKING_SCHEMES and (":" in uri or uri == "databricks")):
         return None
@@ -242,26 +275,31 @@ def _tracking_uri_problem(uri: str | None) -> str | None:
 
 
 def _classes_problem(spec: str | list[str]) -> str | None:
+    """auto, voc, a file of names, or a list of names with none twice"""
     twice = first_duplicate(spec) if isinstance(spec, list) else None
     return f"class {twice!r} is listed twice" if twice is not None else None
 
 
 def _keep_rounds_problem(value: int | str | None) -> str | None:
+    """null, a number of rounds >= 1, or all"""
     if value is None or value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return None
     return f"expected null, a number of rounds >= 1, or all; got {value!r}"
 
 
 def _output_stride_problem(value: int | None) -> str | None:
+    """null, 8 or 16 (a stride the backbone does not run at is refused before the run)"""
     # Which backbone runs at which stride is boxsup.models' to say (checked before a run starts).
     return None if value in (None, 8, 16) else f"expected null, 8 or 16; got {value!r}"
 
 
 def _empty_list_problem(values: list[float]) -> str | None:
+    """at least one value"""
     return "needs at least one value" if not values else None
 
 
-# Checks beyond type, choice and range: key -> function giving the problem with a value, or None.
+# Checks beyond type, choice and range: key -> function giving the problem with a value, or None. Each function's
+# docstring says what the key accepts (docs/config.md shows it).
 VALUE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "tracking.uri": _tracking_uri_problem,
     "data.classes": _classes_problem,
