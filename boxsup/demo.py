@@ -66,11 +66,13 @@ def results_table(results: list[tuple[str, list[RunResult], float]]) -> str:
     return "\n".join(lines)
 
 
-def demo_data_settings(config: str | Path, data_dir: Path | None, overrides: list[str]) -> tuple[list[str], int]:
+def demo_data_settings(config: str | Path, data_dir: Path | None, overrides: list[str],
+                       write: bool = True) -> tuple[list[str], int]:
     """The ``--set`` settings that point every row at the data, and the number of training sources.
 
     ``data_dir`` (or, without it, the config's ``data.root``) is a VOC-layout root; the synthetic demo
-    set is written there only when it is absent or empty, never into a folder that holds anything.
+    set is written there (unless ``write`` is False: ``--print-config``) only when it is absent or empty,
+    never into a folder that holds anything.
     A config with ``data.sources`` (COCO, SBD, several sources) is used as it is, without ``data_dir``.
     """
     data = read_yaml_mapping(config, "config file", "config keys").get("data") or {}
@@ -80,7 +82,8 @@ def demo_data_settings(config: str | Path, data_dir: Path | None, overrides: lis
                               "drop --data (the rows then train on the config's sources)")
         return [], len(data["sources"])  # --set can change a source's fields, not their number
     data_dir = Path(data_dir or data.get("root") or "demo_data")
-    ensure_demo_dataset(data_dir)
+    if write:
+        ensure_demo_dataset(data_dir)
     return [f"data.root={data_dir}"], 0
 
 

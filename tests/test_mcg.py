@@ -231,7 +231,7 @@ def test_cli_import(voc, tmp_path, capsys):
                  "--config", str(config), "--out", str(tmp_path / "s2")]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(f"{tmp_path / 's2'}: {N_IMAGES - 1} imported, 0 already there, skipped: 1 no .mat file")
-    assert "1 images have no pool" in printed
+    assert "1 image has no pool" in printed
     cfg = load_config(config)  # what a training run checks: this store serves it
     ProposalStore(tmp_path / "s2").check_origin(store_meta(build_training_set(cfg), "mcg", 2, cfg["seed"]))
     assert ProposalStore(tmp_path / "s2").read_meta()["max_candidates"] == 2  # the config's cap

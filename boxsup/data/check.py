@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tqdm import tqdm
-
 from boxsup.data.dataset import SegmentationDataset
 from boxsup.data.images import SkipCounts
 from boxsup.errors import BoxSupError
+from boxsup.utils.progress import progress_bar
 
 
 @dataclass
@@ -36,7 +35,7 @@ def check_source(dataset: SegmentationDataset, role: str, decode: bool = False, 
     """Read every annotation (and with ``decode`` every image and mask) of one source; count, never stop."""
     report = SourceReport(dataset.name, role, images=len(dataset.ids))
     names = ("background", *dataset.classes)
-    for image_id in tqdm(dataset.ids, desc=f"check {dataset.name}", disable=not progress, unit="img"):
+    for image_id in progress_bar(dataset.ids, desc=f"check {dataset.name}", enabled=progress, unit="img"):
         try:
             ann = dataset.checked_annotation(image_id)  # a validation image without a mask is a problem
             if decode:

@@ -21,12 +21,12 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from boxsup.data.annotations import BACKGROUND, Box
 from boxsup.data.voc import write_split, write_voc_sample
 from boxsup.errors import BoxSupError
 from boxsup.utils.files import write_text_atomic
+from boxsup.utils.progress import progress_bar
 
 DEMO_CLASSES: tuple[str, ...] = ("star", "ring", "cross", "triangle", "crescent")
 CLASS_HUES = (45.0, 210.0, 0.0, 120.0, 290.0)  # degrees, one hue family per class
@@ -311,7 +311,7 @@ def write_synthetic_dataset(
     ids = [f"{prefix}_{i:06d}" for i in range(1, n_images + 1)]
     objects: Counter = Counter()
     fills = []
-    for i, image_id in enumerate(tqdm(ids, desc=desc, unit="img"), start=1):
+    for i, image_id in enumerate(progress_bar(ids, desc=desc, unit="img"), start=1):
         sample = render(i)
         write_voc_sample(out, image_id, sample.image, sample.boxes, classes, sample.mask)
         objects.update(classes[b.label - 1] for b in sample.boxes)

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import yaml
-from tqdm import tqdm
 
 from boxsup.errors import BoxSupError
 from boxsup.evaluation.crf import CONFIG_KEY, CRFParams, dense_crf
 from boxsup.evaluation.metrics import ConfusionMatrix, SegmentationScores
+from boxsup.utils.progress import progress_bar
 
 if TYPE_CHECKING:
     from boxsup.evaluation.evaluate import CheckpointModel
@@ -104,8 +104,8 @@ def score_grid(
     matrices = [ConfusionMatrix(num_classes) for _ in points]
     plain = ConfusionMatrix(num_classes)
     images = 0
-    bar = tqdm(total=None if total is None else total * len(points), desc="crf search", unit="crf",
-               disable=not progress, leave=False)
+    bar = progress_bar(total=None if total is None else total * len(points), desc="crf search", unit="crf",
+                       enabled=progress, leave=False)
     with bar:
         for plain_matrix, point_matrices in _scored(samples, points, num_classes, workers):
             plain.matrix += plain_matrix

@@ -6,13 +6,12 @@ MLflow model), with its CRF settings; a run config comes in loaded. Nothing here
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from boxsup.data.classes import read_class_file
 from boxsup.data.dataset import SegmentationDataset
@@ -21,10 +20,11 @@ from boxsup.data.voc import VOCDataset
 from boxsup.errors import BoxSupError
 from boxsup.evaluation.crf import CRFParams
 from boxsup.evaluation.inference import predict_label_map
-from boxsup.evaluation.metrics import ConfusionMatrix
+from boxsup.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from boxsup.evaluation.trimap import TrimapConfusion
 from boxsup.models import on_device
 from boxsup.models.checkpoint import network_from_checkpoint
+from boxsup.utils.progress import progress_bar
 
 
 def evaluate(
@@ -72,7 +72,7 @@ def _predictions(
     crf_params: CRFParams | None, progress: bool, ids: list[str] | None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(prediction, GT mask) of every image of ``ids`` (default: the split); each must have a mask."""
-    for image_id in tqdm(dataset.ids if ids is None else ids, desc="eval", leave=False, disable=not progress, unit="img"):
+    for image_id in progress_bar(dataset.ids if ids is None else ids, desc="eval", leave=False, enabled=progress, unit="img"):
         mask = dataset.mask(image_id)
         if mask is None:
             raise dataset.missing_mask(image_id)
@@ -124,6 +124,13 @@ class EvalData:
     config: dict[str, Any] | None = None
     config_name: str = "the config"
 
+    def describe(self) -> dict[str, Any]:
+        """The split as ``boxsup eval --out`` records it: ``root`` and ``split``, or the config's file and its
+        ``data.val`` source (paths as given)."""
+        if self.config is None:
+            return {"root": str(self.root), "split": self.split}
+        return {"config": self.config_name, "val": asdict(source_specs(self.config["data"])[1])}
+
     def open(self, checkpoint: str | Path, classes: tuple[str, ...]) -> SegmentationDataset:
         """The split's reader for a model trained on ``classes``, its annotations checked as a run checks its
         validation set (every image readable, of its annotation's size, with a mask); each problem one line."""
@@ -144,6 +151,14 @@ class EvalData:
             raise BoxSupError(f"{checkpoint}: the model was trained for classes {', '.join(classes)} but "
                               f"{self.config_name} resolves to {', '.join(configured)}")
         return open_source(source_specs(self.config["data"])[1], classes, scored=True)
+
+
+def scores_record(scores: SegmentationScores, class_names: Sequence[str]) -> dict[str, Any]:
+    """``scores`` as JSON-ready values: ``miou``, ``pixel_accuracy`` and ``class_iou`` by class name (None for a
+    class absent from both the predictions and the masks, whose IoU is undefined)."""
+    return {"miou": float(scores.miou), "pixel_accuracy": float(scores.pixel_accuracy),
+            "class_iou": {name: float(iou) if np.isfinite(iou) else None
+                          for name, iou in zip(class_names, scores.class_iou)}}
 
 
 def checkpoint_model(state: dict[str, Any], source: str, data: EvalData, crf_params: CRFParams) -> CheckpointModel:

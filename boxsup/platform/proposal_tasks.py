@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from tqdm import tqdm
 
 from boxsup.data.dataset import SegmentationDataset
 from boxsup.data.sources import build_training_set
@@ -40,6 +39,7 @@ from boxsup.proposals.generate import (
     prepare_store,
 )
 from boxsup.proposals.store import ProposalStore
+from boxsup.utils.progress import progress_bar
 from boxsup.utils.storage import canonical
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,8 @@ def build_store_on_ray(
     args = (data, tuple(dataset.classes), dataset.origin(), canonical(str(store.root)), method, max_candidates, seed)
     pending: dict[ray.ObjectRef, list[str]] = {}
     start = time.perf_counter()
-    bar = tqdm(total=len(wanted), initial=report.reused, desc=f"proposals[{method}]", disable=not progress, unit="img")
+    bar = progress_bar(total=len(wanted), initial=report.reused, desc=f"proposals[{method}]", enabled=progress,
+                       unit="img")
     try:
         while queue or pending:
             while queue and len(pending) < report.tasks:

@@ -1,11 +1,16 @@
-"""``boxsup runs``: an experiment's runs read back from MLflow, as a table sorted by ``val_miou``."""
+"""``boxsup runs``: an experiment's runs read back from MLflow, as a table sorted by ``val_miou``
+(or, for scripts, the same rows as JSON or CSV)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -98,15 +103,50 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
+def _table_keys(runs: list[Run], rows: list[RunRow]) -> list[str]:
+    """The param columns: a sweep's swept keys, else the usual key params that differ between runs."""
+    sweeps = [run for run in runs if _is_sweep(run)]
+    return json.loads(sweeps[0].data.tags[SWEPT_KEYS_TAG]) if sweeps else varying_keys(rows)
+
+
 def runs_report(uri: str | None, experiment: str) -> str:
     """What ``boxsup runs --experiment NAME`` prints."""
     runs = _search(uri, experiment)
     rows = _training_rows(runs)
     if not rows:
         return f"experiment {experiment!r} has no training runs yet"
-    sweeps = [run for run in runs if _is_sweep(run)]
-    keys = json.loads(sweeps[0].data.tags[SWEPT_KEYS_TAG]) if sweeps else varying_keys(rows)
-    return f"{format_runs_table(rows, keys)}\n{best_model_line(uri, runs, rows[0])}"
+    return f"{format_runs_table(rows, _table_keys(runs, rows))}\n{best_model_line(uri, runs, rows[0])}"
+
+
+RECORD_FIELDS = ("run", "run_id", "status")  # then the key params, FINAL_METRICS and DURATION_FIELD
+DURATION_FIELD = "duration_s"
+
+
+def run_records(rows: list[RunRow], keys: list[str]) -> list[dict[str, Any]]:
+    """The table's rows as plain values, in its order: run name, run id, status, the key params (None where a
+    run lacks one), the final metrics as numbers (None where missing or not finite), the duration in seconds."""
+    def number(value: float | None) -> float | None:
+        return value if value is not None and math.isfinite(value) else None
+
+    return [{"run": r.name, "run_id": r.run_id, "status": r.status, **{k: r.params.get(k) for k in keys},
+             **{m: number(r.metrics.get(m)) for m in FINAL_METRICS}, DURATION_FIELD: round(r.seconds, 3)}
+            for r in rows]
+
+
+def runs_export(uri: str | None, experiment: str, fmt: str) -> str:
+    """What ``boxsup runs --json`` (``fmt`` "json": a list of objects) or ``--csv`` (a header, then one line a
+    run; a missing value is an empty field) prints: the table's rows, best ``val_miou`` first."""
+    runs = _search(uri, experiment)
+    rows = _training_rows(runs)
+    keys = _table_keys(runs, rows)
+    records = run_records(rows, keys)
+    if fmt == "json":
+        return json.dumps(records, indent=2)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, [*RECORD_FIELDS, *keys, *FINAL_METRICS, DURATION_FIELD], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return out.getvalue().rstrip("\n")
 
 
 def best_model_line(uri: str | None, runs: list[Run], best: RunRow) -> str:

@@ -17,13 +17,13 @@ from typing import Any, Callable
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from boxsup.data.dataset import SegmentationDataset
 from boxsup.errors import BoxSupError
 from boxsup.proposals.box_masks import grabcut, rectangles
 from boxsup.proposals.pool import CandidatePool
 from boxsup.proposals.store import ProposalStore
+from boxsup.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def build_store(
     stored = prepare_store(store, dataset, method, max_candidates, seed, max_side)
     make = generator(method, max_candidates, seed, max_side)
     report = BuildReport()
-    for image_id in tqdm(dataset.ids if ids is None else ids, desc=f"proposals[{method}]", disable=not progress, unit="img"):
+    for image_id in progress_bar(dataset.ids if ids is None else ids, desc=f"proposals[{method}]", enabled=progress, unit="img"):
         if image_id in stored:
             report.reused += 1
             continue

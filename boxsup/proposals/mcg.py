@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 import scipy.sparse as sp
-from tqdm import tqdm
 
 from boxsup.data.dataset import SegmentationDataset
 from boxsup.errors import BoxSupError
 from boxsup.proposals.generate import NO_CANDIDATE, BuildReport, store_meta
 from boxsup.proposals.pool import CandidatePool
 from boxsup.proposals.store import ProposalStore
+from boxsup.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def import_mcg(
                           f"(expected <image id>.mat, e.g. {example})")
     store.write_meta(meta)
     report = ImportReport()
-    for image_id in tqdm(dataset.ids, desc="proposals[mcg]", disable=not progress, unit="img"):
+    for image_id in progress_bar(dataset.ids, desc="proposals[mcg]", enabled=progress, unit="img"):
         if image_id in stored:
             report.reused += 1
             continue

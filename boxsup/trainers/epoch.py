@@ -9,12 +9,12 @@ from typing import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from boxsup.data.annotations import IGNORE
 from boxsup.models import normalize_batch, normalize_image
 from boxsup.models.kernels import pixel_cross_entropy
 from boxsup.models.precision import FP32, Precision
+from boxsup.utils.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def train_one_epoch(
     total = torch.zeros((), dtype=torch.float64, device=device)
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)
     count = 0
-    for step, (images, targets) in enumerate(tqdm(batches, desc="train", leave=False, disable=not progress, unit="batch")):
+    for step, (images, targets) in enumerate(progress_bar(batches, desc="train", leave=False, enabled=progress, unit="batch")):
         images = normalize_batch(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         value = sgd_step(model, optimizer, images, targets, precision, scaler)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from boxsup.assign.diagnostics import ChoiceDiagnostics
 from boxsup.data.annotations import ImageAnnotation
@@ -37,6 +36,7 @@ from boxsup.trainers.label_inputs import (
     same_size_groups,
 )
 from boxsup.trainers.training_set import loader_workers
+from boxsup.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,8 @@ def label_round(
         for image_id in failed:  # a missing or corrupt proposal file: the actor reports the image as skipped
             pool.submit(round_index, image_id, None, previous_round)
 
-    with untuned_cudnn(), tqdm(total=len(scored), desc=f"labels[round {round_index}]", leave=False,
-                                disable=not progress, unit="img") as bar:
+    with untuned_cudnn(), progress_bar(total=len(scored), desc=f"labels[round {round_index}]", leave=False,
+                                        enabled=progress, unit="img") as bar:
         for items in batches:
             launched = []
             for group in same_size_groups(items):
