@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+import boxsup
 from boxsup.cli import main
+from boxsup.models import IMAGENET_MEAN, IMAGENET_STD
 from boxsup.serving import export
 from boxsup.serving.trained_model import load_trained_model
 from tiny_checkpoints import save_tiny_checkpoint
@@ -52,3 +56,31 @@ def test_an_export_that_does_not_reproduce_pytorch_is_not_kept(checkpoint, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.startswith("boxsup: error:") and "does not reproduce PyTorch" in err and "\n" not in err
     assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated")
+def test_exported_files_say_what_they_expect(checkpoint, tmp_path):
+    """Class names, mean/std, layout and boxsup version travel in the file; the ONNX axes have names."""
+    import onnxruntime
+
+    model = load_trained_model(checkpoint)
+    export.export_model(model, "onnx", tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    assert json.loads(props["classes"]) == ["background", "cat", "dog"] == model.names
+    assert json.loads(props["mean"]) == list(IMAGENET_MEAN) and json.loads(props["std"]) == list(IMAGENET_STD)
+    assert props["input_layout"] == "NCHW" and props["boxsup_version"] == boxsup.__version__
+    assert props["backbone"] == "small"
+    (images,), (logits,) = session.get_inputs(), session.get_outputs()
+    assert (images.name, images.shape) == ("images", ["batch", 3, "height", "width"])
+    assert (logits.name, logits.shape) == ("logits", ["batch", 3, "height", "width"])
+
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    names = {d.dim_param for v in [*graph.input, *graph.output] for d in v.type.tensor_type.shape.dim if d.dim_param}
+    assert names == {"batch", "height", "width"}
+
+    export.export_model(model, "torchscript", tmp_path / "model.pt")
+    extra = {export.METADATA_FILE: ""}
+    torch.jit.load(str(tmp_path / "model.pt"), _extra_files=extra)
+    assert json.loads(extra[export.METADATA_FILE]) == props

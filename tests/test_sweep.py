@@ -8,7 +8,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from boxsup.cli import main
@@ -19,6 +18,7 @@ from boxsup.platform.runs_table import experiment_runs, runs_report
 from boxsup.platform.search_space import load_search_space
 from boxsup.platform.sweep import check_against_config, finish_parent_run, start_parent_run
 from boxsup.platform.tracking import start_run
+from boxsup.serving.trained_model import read_checkpoint
 
 SPACE = """params:
   assign.k: {grid: [1, 2]}
@@ -77,6 +77,7 @@ def test_two_trial_sweep_is_tracked_on_an_mlflow_server(ray_session, tmp_path, s
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "sweep sw: 2 trial runs" in out and "00000_k=1" in out and "00001_k=2" in out
+    assert "View run" not in out  # MLflow's links, printed when a run on a server ends, are left out
 
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("sw")
@@ -85,6 +86,9 @@ def test_two_trial_sweep_is_tracked_on_an_mlflow_server(ray_session, tmp_path, s
     trials = [r for r in runs if r is not parent and r.info.run_id != parent.info.run_id]
     assert len(trials) == 2
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent.info.run_id}
+    context = ("mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit")
+    assert all(r.data.tags.get(key) == parent.data.tags.get(key) for r in trials for key in context)  # not Ray's worker
+    assert "mlflow.source.name" in parent.data.tags
     assert parent.info.status == "FINISHED" and parent.data.params["space.assign.k"] == '{"grid": [1, 2]}'
     (best,) = [r for r in trials if r.info.run_id == parent.data.tags["best_run_id"]]
     assert best.data.metrics["val_miou"] == max(r.data.metrics["val_miou"] for r in trials)
@@ -101,10 +105,10 @@ def test_two_trial_sweep_is_tracked_on_an_mlflow_server(ray_session, tmp_path, s
         class_iou = {k for k in run.data.metrics if k.startswith("val_iou_")}
         assert {"val_iou_background", "val_iou_star"} <= class_iou
         listed = {a.path for a in client.list_artifacts(run.info.run_id)}
-        listed |= {a.path for folder in ("figures", "checkpoint") for a in client.list_artifacts(run.info.run_id, folder)}
-        assert {"config.yaml", "figures/label_evolution.png", "figures/confusion_matrix.png", "checkpoint/checkpoint.pt"} <= listed
-    checkpoint = client.download_artifacts(best.info.run_id, "checkpoint/checkpoint.pt", str(tmp_path))
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        listed |= {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+        assert {"config.yaml", "figures/label_evolution.png", "figures/confusion_matrix.png"} <= listed
+        assert "checkpoint" not in listed  # stored once: as the data of the run's model
+    state = read_checkpoint(f"runs:/{best.info.run_id}/model", mlflow_server)
     assert state["config"]["assign"]["k"] == int(best.data.params["assign.k"]) and state["model"]
 
     assert main(["runs", "--experiment", "sw", "--tracking-uri", mlflow_server]) == 0

@@ -30,7 +30,7 @@ from boxsup.platform.launch import absolute_paths, ensure_proposals
 from boxsup.platform.ray_train import init_ray, run_cpus
 from boxsup.platform.runs_table import SWEEP_ROLE_TAG, SWEPT_KEYS_TAG, RunRow, experiment_runs
 from boxsup.platform.search_space import METRIC, MODE, SearchSpace, apply_trial, load_search_space
-from boxsup.platform.tracking import RunLogger, check_tracking_store, experiment_id, tracking_uri
+from boxsup.platform.tracking import RunLogger, check_tracking_store, create_run, experiment_id, tracking_uri
 from boxsup.utils.storage import check_output_location, join, open_location
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def start_parent_run(cfg: dict[str, Any], experiment: str, space_path: Path, spa
         raise BoxSupError(f"MLflow experiment {experiment!r} already holds runs; one experiment per sweep: "
                           "pick a new name with --experiment")
     tags = {SWEEP_ROLE_TAG: "sweep", SWEPT_KEYS_TAG: json.dumps(sorted(space.params))}
-    run_id = client.create_run(exp_id, run_name="sweep", tags=tags).info.run_id
+    run_id = create_run(client, exp_id, "sweep", tags)  # with MLflow's context tags, which its trials share
     logger = RunLogger(cfg["tracking"]["uri"], run_id)
     logger.log_params({f"space.{key}": json.dumps(dist) for key, dist in space.specs.items()}
                       | {"space.file": str(space_path), "num_samples": str(space.num_samples),

@@ -8,6 +8,10 @@ ran in; a file store keeps them inside itself and a tracking server decides for 
 A tracking server is asked once, with a short timeout, before a command writes anything
 (``check_tracking_store``); MLflow's own HTTP retries are bounded (``HTTP_LIMITS``) unless the user
 set them, in this process and in every process a ``RunLogger`` reaches (Ray workers included).
+
+Runs are created through the client (``create_run``), with MLflow's standard context tags
+(``mlflow.user``, ``mlflow.source.*``) that ``mlflow.start_run`` would add; MLflow's "View run ... at"
+lines, printed when a run on a tracking server ends, are left out (``quiet_mlflow``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,15 @@ from typing import Any
 
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_BRANCH,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_GIT_REPO_URL,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_USER,
+)
 
 from boxsup.config import flatten
 from boxsup.errors import BoxSupError
@@ -33,11 +46,22 @@ SERVER_CHECK_SECONDS = 5  # how long a tracking server has to answer before a co
 # 2 minutes when it does not answer at all): enough for a restart, not a silent hang.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# MLflow prints "View run <name> at: <url>" and "View experiment at: <url>" to stdout whenever a run on
+# a tracking server ends (TrackingServiceClient._log_url, from set_terminated): twice per training
+# (the model's logging block, then end_run). boxsup prints the run's id and model URI itself.
+QUIET = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def tracking_uri(configured: str | None) -> str:
     """``tracking.uri`` when set, else ``MLFLOW_TRACKING_URI``, else a SQLite file in the working dir."""
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def quiet_mlflow() -> None:
+    """Leave out MLflow's run and experiment links on stdout (``QUIET``), unless the user set the variable
+    (``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=false`` brings them back). Warnings and logs are untouched."""
+    for name, value in QUIET.items():
+        os.environ.setdefault(name, value)
 
 
 def bounded_http_retries(settings: dict[str, str] | None = None) -> dict[str, str]:
@@ -56,6 +80,7 @@ def check_tracking_store(configured: str | None) -> str:
     """
     uri = tracking_uri(configured)
     bounded_http_retries()
+    quiet_mlflow()
     if uri.startswith(("http://", "https://")):
         problem = _server_problem(uri)
         if problem is not None:
@@ -98,13 +123,45 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return client.create_experiment(name, artifact_location=artifact_root(client.tracking_uri))
 
 
-def start_run(uri: str, experiment: str, run_name: str, cfg: dict[str, Any], tags: dict[str, str] | None = None) -> str:
-    """Create the run (and its experiment if new), log the whole config as params; returns the run id.
+def context_tags(client: MlflowClient, parent_run_id: str | None = None) -> dict[str, str]:
+    """MLflow's standard tags for a run this process starts: ``mlflow.user``, ``mlflow.source.name``,
+    ``mlflow.source.type``, ``mlflow.source.git.commit`` (and the branch and repo URL), as
+    ``mlflow.start_run`` would set them (``resolve_tags``: every registered run context provider).
 
-    ``tags`` may hold ``mlflow.parentRunId``: the run is then shown nested under that (sweep) run.
+    MLflow finds the git commit from the script that started the process (``sys.argv[0]``); when that
+    is not in a git checkout (``python -c``, a console script in a venv elsewhere), the commit of the
+    boxsup checkout is used where boxsup runs from one. A run nested under ``parent_run_id`` (a sweep's
+    trial, started in a Ray actor whose script is Ray's worker) takes the parent run's context tags.
     """
+    if parent_run_id:
+        inherited = {key: value for key, value in client.get_run(parent_run_id).data.tags.items()
+                     if key == MLFLOW_USER or key.startswith("mlflow.source.")}
+        if inherited:
+            return inherited
+    tags = {key: str(value) for key, value in resolve_tags().items()}
+    if MLFLOW_GIT_COMMIT not in tags:
+        checkout = str(Path(__file__).resolve().parents[1])  # the boxsup package's directory
+        found = {MLFLOW_GIT_COMMIT: get_git_commit(checkout), MLFLOW_GIT_BRANCH: get_git_branch(checkout),
+                 MLFLOW_GIT_REPO_URL: get_git_repo_url(checkout)}
+        if found[MLFLOW_GIT_COMMIT]:
+            tags.update({key: value for key, value in found.items() if value})
+    return tags
+
+
+def create_run(client: MlflowClient, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> str:
+    """A new run in the experiment with id ``experiment``, tagged with ``context_tags`` and then ``tags``
+    (which win); returns its id. ``tags`` may hold ``mlflow.parentRunId``: the run is then shown nested
+    under that (sweep) run and shares its context tags."""
+    tags = tags or {}
+    all_tags = context_tags(client, tags.get(MLFLOW_PARENT_RUN_ID)) | tags
+    return client.create_run(experiment, run_name=run_name, tags=all_tags).info.run_id
+
+
+def start_run(uri: str, experiment: str, run_name: str, cfg: dict[str, Any], tags: dict[str, str] | None = None) -> str:
+    """Create the run (and its experiment if new, see ``create_run`` for its tags), log the whole config
+    as params; returns the run id."""
     client = MlflowClient(tracking_uri(uri))
-    run_id = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags or {}).info.run_id
+    run_id = create_run(client, experiment_id(client, experiment), run_name, tags)
     RunLogger(uri, run_id).log_params({k: str(v) for k, v in flatten(cfg).items()})
     return run_id
 
@@ -119,6 +176,7 @@ ERROR_TAG = "boxsup.error"
 def end_run(uri: str, run_id: str, ok: bool, error: str | None = None) -> None:
     """FINISHED, or FAILED with the error line as the tag ``boxsup.error``; a success (a resume) clears
     the tag an earlier failure or interruption left."""
+    quiet_mlflow()
     client = MlflowClient(tracking_uri(uri))
     if error:
         client.set_tag(run_id, ERROR_TAG, error[:5000])
@@ -138,6 +196,7 @@ class RunLogger:
     @property
     def client(self) -> MlflowClient:
         bounded_http_retries(self.http_settings)
+        quiet_mlflow()
         return MlflowClient(self.uri)
 
     def log_params(self, params: dict[str, str]) -> None:

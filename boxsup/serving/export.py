@@ -4,10 +4,17 @@ The exported model takes a normalised float32 image batch (N, 3, H, W) (ImageNet
 :func:`boxsup.models.normalize_image` makes) with any N, H and W, and returns logits (N, C, H, W).
 It is traced at one size and then run at another batch size and image size; its logits must match
 PyTorch's there within :data:`TOLERANCE`, else nothing is written.
+
+Both files say what they expect (:func:`export_metadata`: class names, mean/std, input and output
+layout, boxsup version): an ONNX file in its ``metadata_props`` (onnxruntime:
+``session.get_modelmeta().custom_metadata_map``), a TorchScript file as the extra file
+``boxsup.json`` (``torch.jit.load(path, _extra_files={"boxsup.json": ""})``). The ONNX input and
+output name their dynamic axes ``batch``, ``height`` and ``width``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -17,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from boxsup import __version__
 from boxsup.errors import BoxSupError
+from boxsup.models import IMAGENET_MEAN, IMAGENET_STD
 from boxsup.serving.trained_model import TrainedModel
 from boxsup.utils.files import atomic_path
 
@@ -27,6 +36,8 @@ FORMATS = ("torchscript", "onnx")
 TRACE_SHAPE = (1, 3, 64, 80)  # the example input the model is traced with
 CHECK_SHAPE = (2, 3, 96, 72)  # the check input: another batch size and image size than the trace's
 TOLERANCE = 1e-4  # max |exported - PyTorch| over the logits, relative to max(1, max |PyTorch logits|)
+AXES = {0: "batch", 2: "height", 3: "width"}  # the dynamic axes of the input and output, as the ONNX file names them
+METADATA_FILE = "boxsup.json"  # the TorchScript file's extra file holding export_metadata()
 
 
 @dataclass
@@ -51,6 +62,21 @@ class ExportReport:
                 f"(tolerance {TOLERANCE:g} x max(1, max |logit|) = {TOLERANCE:g} x {self.reference_scale:.3g})")
 
 
+def export_metadata(model: TrainedModel) -> dict[str, str]:
+    """What a consumer of the exported file needs besides the file: string keys and values (ONNX
+    ``metadata_props``), lists as JSON. ``classes``: logit channel -> name (0 is background)."""
+    return {
+        "classes": json.dumps(model.names),
+        "mean": json.dumps(list(IMAGENET_MEAN)),
+        "std": json.dumps(list(IMAGENET_STD)),
+        "input": "images: float32 (batch, 3, height, width), RGB, (pixel / 255 - mean) / std",
+        "input_layout": "NCHW",
+        "output": "logits: float32 (batch, classes, height, width); label map = argmax over classes",
+        "backbone": str(model.config.get("model", {}).get("backbone", "")),
+        "boxsup_version": __version__,
+    }
+
+
 def export_model(model: TrainedModel, fmt: str, out: str | Path) -> ExportReport:
     """Export ``model``'s network to ``out`` in ``fmt`` (torchscript or onnx), check it, then move it into place."""
     if fmt not in FORMATS:
@@ -64,10 +90,10 @@ def export_model(model: TrainedModel, fmt: str, out: str | Path) -> ExportReport
     target = Path(out)
     with atomic_path(target) as tmp:
         if fmt == "torchscript":
-            _save_torchscript(network, example, tmp)
+            _save_torchscript(network, example, tmp, export_metadata(model))
             got = _run_torchscript(tmp, check)
         else:
-            _save_onnx(network, example, tmp)
+            _save_onnx(network, example, tmp, export_metadata(model))
             got = _run_onnx(tmp, check)
         report = ExportReport(target, fmt, float(np.abs(got - expected).max()), max(1.0, float(np.abs(expected).max())))
         if got.shape != expected.shape or not report.max_abs_diff <= report.allowed:
@@ -77,8 +103,9 @@ def export_model(model: TrainedModel, fmt: str, out: str | Path) -> ExportReport
     return report
 
 
-def _save_torchscript(network: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Scripted when the network allows it (shapes stay symbolic), else traced; the check decides."""
+def _save_torchscript(network: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+    """Scripted when the network allows it (shapes stay symbolic), else traced; the check decides.
+    ``metadata`` goes in as the extra file ``boxsup.json``."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=FutureWarning)
@@ -88,7 +115,7 @@ def _save_torchscript(network: nn.Module, example: torch.Tensor, path: Path) -> 
             log.info("torch.jit.script failed (%s); tracing instead", type(exc).__name__)
             with torch.no_grad():
                 module = torch.jit.trace(network, example)
-        torch.jit.save(module, str(path))
+        torch.jit.save(module, str(path), _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
 
 
 def _run_torchscript(path: Path, images: torch.Tensor) -> np.ndarray:
@@ -99,16 +126,18 @@ def _run_torchscript(path: Path, images: torch.Tensor) -> np.ndarray:
         return module(images).numpy()
 
 
-def _save_onnx(network: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """The torch.export-based exporter, with the batch, height and width dimensions left dynamic."""
+def _save_onnx(network: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+    """The torch.export-based exporter, with the batch, height and width dimensions left dynamic and named
+    (``AXES``: a name in ``dynamic_shapes`` is ``Dim.DYNAMIC`` to torch.export, then the ONNX name of
+    that axis everywhere in the graph); ``metadata`` as the model's ``metadata_props``."""
     try:
         import onnxscript  # noqa: F401  (the exporter needs it; a clear line beats its ImportError)
     except ImportError:
         raise BoxSupError("--format onnx needs onnx, onnxscript and onnxruntime: pip install 'boxsup[serve]'") from None
-    dynamic = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     program = torch.onnx.export(network, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
-                                dynamic_shapes=({**dynamic},), external_data=False, verbose=False)
+                                dynamic_shapes=({**AXES},), external_data=False, verbose=False)
     assert program is not None  # the dynamo exporter always returns its program
+    program.model.metadata_props.update(metadata)
     program.save(str(path), external_data=False)  # one file: the weights inside (well under ONNX's 2 GB)
 
 

@@ -94,8 +94,8 @@ def label_evolution_rows(annotations, dataset, labels: LabelStore, rounds: list[
 
 
 def final_artifacts(job: TrainingJob, logger: MetricsSink, model, confusion: ConfusionMatrix, classes, annotations, dataset, rounds: list[int]) -> None:
-    """Rank 0 after the last epoch: per-class IoU, figures, the checkpoint (made locally, into the run dir
-    and MLflow), then result.json."""
+    """Rank 0 after the last epoch: per-class IoU, figures, the checkpoint (made locally, into the run dir:
+    MLflow gets it once, as the data of the run's model, which the driver logs from there), then result.json."""
     run_dir = open_location(job.run_dir)
     names = ["background", *classes]
     scores = confusion.compute()
@@ -112,7 +112,7 @@ def final_artifacts(job: TrainingJob, logger: MetricsSink, model, confusion: Con
                 label_evolution_figure(rows, local / "label_evolution.png")
                 publish(local / "label_evolution.png", run_dir, logger, "figures")
         torch.save({"model": model.state_dict(), "config": job.config, "classes": list(classes)}, local / "checkpoint.pt")
-        publish(local / "checkpoint.pt", run_dir, logger, "checkpoint")
+        publish(local / "checkpoint.pt", run_dir, None)  # not a run artifact: the model holds it (log_final_model)
     result = {"val_miou": scores.miou, "val_pixel_accuracy": scores.pixel_accuracy, "class_iou": class_iou}
     run_dir.write_bytes("result.json", json.dumps(result, indent=2).encode())
 
