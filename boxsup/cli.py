@@ -493,19 +493,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
           f"crf {'on' if crf else 'off'}")
     report = predict_images(model, paths, Path(args.out), scales, crf, args.batch_size,
                             args.overlay_format if args.overlay else None, progress=show_progress())
-    print(predict_summary(report))
+    print(report.summary())
     if report.unreadable and not report.written:
         raise BoxSupError(f"--images: none of the {len(report.unreadable)} images could be read")
     return 1 if report.unreadable else 0
-
-
-def predict_summary(report: Any) -> str:
-    """A ``PredictReport`` in words: ``<out>: 1 label map written, 2 unreadable images (a.jpg, b.tif)``."""
-    line = (f"{report.out}: {plural(report.written, 'label map')} written, "
-            f"{plural(len(report.unreadable), 'unreadable image')}")
-    if report.unreadable:
-        line += " (" + ", ".join(str(path) for path, _ in report.unreadable) + ")"
-    return line
 
 
 def _cmd_export(args: argparse.Namespace) -> None:

@@ -11,13 +11,12 @@ import logging
 import re
 from importlib.metadata import version
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
 
 import boxsup.cli as cli
-from boxsup.cli import build_parser, main, predict_summary, subcommand_parsers, synth_summary
+from boxsup.cli import build_parser, main, subcommand_parsers, synth_summary
 from boxsup.config import load_config
 from boxsup.demo_extra_boxes import extra_boxes_configs
 from boxsup.utils.progress import allow_progress, progress_bar, show_progress
@@ -220,10 +219,11 @@ def test_plural():
 
 
 def test_predict_summary_counts_as_a_reader_says_them():
-    one = SimpleNamespace(out="out", written=1, unreadable=[])
-    assert predict_summary(one) == "out: 1 label map written, 0 unreadable images"
-    some = SimpleNamespace(out="out", written=2, unreadable=[(Path("a.tif"), "why")])
-    assert predict_summary(some) == "out: 2 label maps written, 1 unreadable image (a.tif)"
+    from boxsup.serving.predict import PredictReport
+
+    assert PredictReport(Path("out"), 1).summary() == "out: 1 label map written, 0 unreadable images"
+    some = PredictReport(Path("out"), 2, [(Path("a.tif"), "why")])
+    assert some.summary() == "out: 2 label maps written, 1 unreadable image (a.tif)"
 
 
 def test_data_synth_prints_a_sentence_not_a_dict(tmp_path, capsys):

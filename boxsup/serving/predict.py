@@ -23,6 +23,7 @@ from boxsup.models import on_device
 from boxsup.serving.image_inputs import output_names
 from boxsup.serving.label_files import write_label_png, write_overlay
 from boxsup.serving.trained_model import TrainedModel, pick_device
+from boxsup.utils.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ class PredictReport:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
     def summary(self) -> str:
-        n = len(self.unreadable)
-        line = f"{self.out}: {self.written} label maps written, {n} unreadable image{'' if n == 1 else 's'}"
+        """In words: ``<out>: 1 label map written, 2 unreadable images (a.jpg, b.tif)``."""
+        line = f"{self.out}: {plural(self.written, 'label map')} written, {plural(len(self.unreadable), 'unreadable image')}"
         if self.unreadable:
             line += " (" + ", ".join(str(path) for path, _ in self.unreadable) + ")"
         return line
