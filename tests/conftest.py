@@ -1,5 +1,13 @@
 """One Ray instance for the whole test session (starting Ray costs seconds on 2 cores)."""
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 import pytest
 
 
@@ -108,3 +116,45 @@ def voc_data_section(root, split: str = "train") -> dict:
     from boxsup.config import DEFAULTS
 
     return {**DEFAULTS["data"], "root": str(root), "train_split": split}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` with its own SQLite backend and artifact store (served over HTTP); its URI."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
+         str(tmp_path / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)  # its own process group: the job runner and workers it starts end with it
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            stop_group(server, signal.SIGKILL)
+            pytest.fail("mlflow server did not come up")
+        time.sleep(0.5)
+    yield uri
+    stop_group(server, signal.SIGTERM)
+
+
+def stop_group(process: subprocess.Popen, sig: int) -> None:
+    """Signal a process started with ``start_new_session`` and every process of its group; wait for it."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -60,39 +56,6 @@ def test_a_sweep_and_its_trials_carry_the_sweeps_context_tags(tmp_path):
     trial_tags = client.get_run(trial).data.tags
     assert trial_tags["mlflow.source.name"] == "/somewhere/boxsup" and trial_tags["mlflow.parentRunId"] == parent
     assert all(trial_tags.get(key) == parent_tags.get(key) for key in CONTEXT if key != "mlflow.source.name")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """`mlflow server` with its own SQLite store: MLflow prints run links only for runs on a server."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if server.poll() is not None or time.time() > deadline:
-            server.kill()
-            server.wait(timeout=30)
-            pytest.fail("mlflow server did not come up")
-        time.sleep(0.5)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -1,10 +1,5 @@
 """`boxsup sweep` and `boxsup runs`: a real 2-trial sweep against a real `mlflow server` on loopback."""
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -26,38 +21,6 @@ num_samples: 1
 max_concurrent_trials: 1
 resources_per_trial: {cpu: 1}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """`mlflow server` with its own SQLite backend and artifact store, serving artifacts over HTTP."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if server.poll() is not None or time.time() > deadline:
-            server.kill()
-            pytest.fail("mlflow server did not come up")
-        time.sleep(0.5)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
